@@ -1,0 +1,191 @@
+"""MultiHeadAttention: the q/k/v/out projections around any attention kernel.
+
+The projections have fixed names (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``), so a model's
+state dict does not depend on its kernel: weights trained with ``dense`` load into ``fused`` or
+``bra``. Kernel-only parameters live under ``kernel.``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
+
+
+@attrs.frozen
+class Positions:
+    """What attention needs to apply a positional encoding's ``rotate`` and ``score_bias`` hooks.
+
+    Attributes:
+        encoding: the positional encoding of the stack.
+        offset: absolute position of the first token of the current input (the cache length
+            when decoding incrementally).
+    """
+
+    encoding: PositionalEncoding
+    offset: int = 0
+
+
+@attrs.define
+class KVCache:
+    """Keys and values of one attention layer, kept between decoding steps. k, v: (B, Hkv, L, Dh)."""
+
+    k: Optional[Tensor] = None
+    v: Optional[Tensor] = None
+    static: bool = False
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add new keys/values at the end and return all of them."""
+        if self.k is not None:
+            k = torch.cat([self.k, k], dim=-2)
+            v = torch.cat([self.v, v], dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+@attrs.define
+class LayerCache:
+    """The caches of one block: its self-attention and (for decoders) its cross-attention."""
+
+    self_attn: KVCache = attrs.Factory(KVCache)
+    cross_attn: KVCache = attrs.Factory(lambda: KVCache(static=True))
+
+    def reorder(self, index: Tensor) -> None:
+        self.self_attn.reorder(index)
+        self.cross_attn.reorder(index)
+
+
+def repeat_kv(x: Tensor, heads: int) -> Tensor:
+    """(B, Hkv, L, Dh) -> (B, heads, L, Dh), each key/value head shared by heads // Hkv queries."""
+    kv_heads = x.shape[1]
+    if kv_heads == heads:
+        return x
+    return x.repeat_interleave(heads // kv_heads, dim=1)
+
+
+class MultiHeadAttention(nn.Module):
+    """Projections, head split, positional hooks and cache around an :class:`AttentionKernel`.
+
+    Args:
+        d_model: width of the input and output.
+        heads: number of query heads.
+        kv_heads: number of key/value heads (grouped-query attention when < heads).
+        head_dim: width of each head.
+        kernel: the attention kernel.
+        bias: whether the projections have biases. Default: True.
+        kdim: width of the key/value input (cross-attention from a wider memory). Default: d_model.
+        q_norm, k_norm: optional norms applied per head to queries and keys (over Dh), before
+            any rotation (QK-norm).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        kernel: AttentionKernel,
+        bias: bool = True,
+        kdim: Optional[int] = None,
+        q_norm: Optional[nn.Module] = None,
+        k_norm: Optional[nn.Module] = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if heads % kv_heads:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+        kdim = d_model if kdim is None else kdim
+        fk = {"device": device, "dtype": dtype}
+        self.heads = heads
+        self.kv_heads = kv_heads
+        self.head_dim = head_dim
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias, **fk)
+        self.k_proj = nn.Linear(kdim, kv_heads * head_dim, bias=bias, **fk)
+        self.v_proj = nn.Linear(kdim, kv_heads * head_dim, bias=bias, **fk)
+        self.out_proj = nn.Linear(heads * head_dim, d_model, bias=bias, **fk)
+        self.q_norm = q_norm or nn.Identity()
+        self.k_norm = k_norm or nn.Identity()
+        self.kernel = kernel
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Optional[Tensor] = None,
+        *,
+        mask: Optional[Tensor] = None,
+        causal: bool = False,
+        positions: Optional[Positions] = None,
+        cache: Optional[KVCache] = None,
+    ) -> Tensor:
+        """Self-attention (``memory is None``) or cross-attention over ``memory``.
+
+        Args:
+            x: (B, Lq, D) queries' input.
+            memory: (B, Lk, Dk) keys' and values' input for cross-attention.
+            mask: boolean, True = may attend, broadcastable to (B, H, Lq, Lk_total).
+            causal: bottom-right causal masking (decoder self-attention).
+            positions: positional encoding hooks and the absolute offset of ``x``.
+            cache: keys/values of earlier steps; appended to (self-attention) or computed once
+                and reused (cross-attention).
+
+        Returns:
+            (B, Lq, D).
+        """
+        q = self.q_norm(self._split(self.q_proj(x), self.heads))  # (B, H, Lq, Dh)
+        source = x if memory is None else memory
+        if cache is not None and cache.static and cache.k is not None:
+            k, v = cache.k, cache.v
+        else:
+            k = self._split(self.k_proj(source), self.kv_heads)  # (B, Hkv, Lk, Dh)
+            v = self._split(self.v_proj(source), self.kv_heads)
+            k = self.k_norm(k)
+            if positions is not None and positions.encoding.uses_rotate:
+                q_pos = _arange(positions.offset, q.shape[-2], q.device)
+                k_pos = _arange(positions.offset, k.shape[-2], k.device)
+                q, k = positions.encoding.rotate(q, k, q_pos, k_pos)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        bias = _bias_for(positions, q.shape[-2], k.shape[-2])
+        out = self.kernel(q, k, v, mask=mask, causal=causal, bias=bias)  # (B, H, Lq, Dh)
+        return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Lq, H*Dh) -> (B, Lq, D)
+
+    @staticmethod
+    def _split(x: Tensor, heads: int) -> Tensor:
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, L, H*Dh) -> (B, H, L, Dh)
+
+
+def _arange(start: int, n: int, device: torch.device) -> Tensor:
+    return torch.arange(start, start + n, device=device)
+
+
+def _bias_for(positions: Optional[Positions], lq: int, lk: int) -> Optional[ScoreBias]:
+    """Bind a positional encoding's score_bias to absolute positions: bias(q_idx, k_idx).
+
+    The queries start at ``positions.offset``; the keys end where the queries end (a cache holds
+    the keys before them).
+    """
+    if positions is None or not positions.encoding.uses_bias:
+        return None
+    encoding = positions.encoding
+    q_start = positions.offset
+    k_start = positions.offset + lq - lk
+
+    def bias(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        return encoding.score_bias(q_idx + q_start, k_idx + k_start)
+
+    return bias

@@ -1,0 +1,162 @@
+"""The kinds of part: what an attention kernel, a positional encoding, a feed-forward network,
+a norm and a block are. Plugins subclass these; the core composes them.
+
+Shape legend used throughout the library:
+    B batch, L sequence length (Lq queries, Lk keys), D d_model, H query heads,
+    Hkv key/value heads, Dh head dimension.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
+
+import attrs
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from plugformer.core.attention import LayerCache, Positions
+
+#: A positional score bias as handed to a kernel: ``bias(q_idx, k_idx) -> (H, *shape)`` where
+#: ``q_idx`` and ``k_idx`` are integer index tensors into the kernel's own q and k (broadcastable
+#: to ``shape``). Sparse kernels call it only where they attend; dense kernels once on the grid.
+ScoreBias = Callable[[Tensor, Tensor], Tensor]
+
+
+class AttentionKernel(nn.Module, ABC):
+    """Attention on already-projected, already-split heads: softmax(q k^T * scale [+ bias]) v.
+
+    Capabilities are declared, not guessed, so that the builder can refuse an impossible
+    combination before any tensor exists:
+
+    * ``supports_causal``: honours ``causal=True``.
+    * ``supports_bias``: honours a positional ``bias`` callable.
+    * ``supports_cache``: correct when ``Lq < Lk`` under ``causal=True`` (queries are the last
+      ``Lq`` positions; the mask is aligned bottom-right).
+    * ``supports_mask``: honours an arbitrary boolean ``mask``.
+    """
+
+    supports_causal: ClassVar[bool] = True
+    supports_bias: ClassVar[bool] = False
+    supports_cache: ClassVar[bool] = True
+    supports_mask: ClassVar[bool] = True
+
+    @abstractmethod
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        mask: Optional[Tensor] = None,
+        causal: bool = False,
+        bias: Optional[ScoreBias] = None,
+    ) -> Tensor:
+        """Attend.
+
+        Args:
+            q: queries, (B, H, Lq, Dh).
+            k, v: keys and values, (B, Hkv, Lk, Dh); ``H % Hkv == 0`` (grouped-query attention
+                shares each key/value head among ``H // Hkv`` query heads).
+            mask: boolean, True = may attend, broadcastable to (B, H, Lq, Lk). The stacks pass
+                key-padding masks shaped (B, 1, 1, Lk).
+            causal: query i (at position Lk - Lq + i) attends keys 0..Lk - Lq + i only.
+            bias: additive positional score bias, see :data:`ScoreBias`.
+
+        Returns:
+            (B, H, Lq, Dh). A query row whose keys are all masked gives zeros, never NaN.
+        """
+
+
+class PositionalEncoding(nn.Module):
+    """Where token positions enter the model. Three optional hooks, each a no-op by default:
+
+    * ``embed(x, positions)``: added to token embeddings (sinusoidal, learned).
+    * ``rotate(q, k, q_pos, k_pos)``: applied to queries and keys (RoPE).
+    * ``score_bias(q_pos, k_pos)``: additive attention-score bias (ALiBi, T5).
+
+    ``uses_embed`` / ``uses_rotate`` / ``uses_bias`` declare which hooks do something, so the
+    stacks and the builder know without calling them.
+    """
+
+    uses_embed: ClassVar[bool] = False
+    uses_rotate: ClassVar[bool] = False
+    uses_bias: ClassVar[bool] = False
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, L, D); positions: (L,) or (B, L) absolute token indices. Returns (B, L, D)."""
+        return x
+
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """q: (B, H, Lq, Dh), k: (B, Hkv, Lk, Dh); positions (Lq,) / (Lk,) or batched."""
+        return q, k
+
+    def score_bias(self, q_pos: Tensor, k_pos: Tensor) -> Optional[Tensor]:
+        """Positions of any broadcastable shapes -> bias (H, *shape), or None."""
+        return None
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        return self.embed(x, positions)
+
+
+class FeedForward(nn.Module, ABC):
+    """Position-wise network: (B, L, D) -> (B, L, D)."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+
+class Norm(nn.Module, ABC):
+    """Normalisation over the last dimension: (B, L, D) -> (B, L, D)."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+
+class Block(nn.Module, ABC):
+    """One transformer layer: self-attention, optional cross-attention, feed-forward, wired by
+    norms and residuals. Submodules are named ``self_attn``, ``cross_attn`` (``None`` in encoder
+    and decoder-only blocks), ``ffn`` and the norms the block's wiring needs.
+    """
+
+    @abstractmethod
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        memory: Optional[Tensor] = None,
+        self_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None,
+        causal: bool = False,
+        positions: Optional["Positions"] = None,
+        cache: Optional["LayerCache"] = None,
+    ) -> Tensor:
+        """x: (B, L, D); memory: (B, S, D) encoder output or None. Returns (B, L, D).
+
+        ``self_mask`` / ``memory_mask`` are boolean, True = may attend, broadcastable to
+        (B, H, L, L) / (B, H, L, S). ``positions`` carries the positional encoding and the
+        absolute positions for the attention hooks; ``cache`` holds this layer's keys/values
+        for incremental decoding.
+        """
+
+
+@attrs.frozen
+class BlockParts:
+    """The parts a block factory wires together, already built for one layer.
+
+    Attributes:
+        self_attn: self-attention (a ``MultiHeadAttention``).
+        ffn: the feed-forward network.
+        norm: makes a fresh norm each call (a block needs two or three).
+        cross_attn: cross-attention over the encoder memory; ``None`` in encoder and
+            decoder-only blocks.
+        dropout: residual dropout probability.
+    """
+
+    self_attn: nn.Module
+    ffn: nn.Module
+    norm: Callable[[], nn.Module]
+    cross_attn: Optional[nn.Module] = None
+    dropout: float = 0.0
+

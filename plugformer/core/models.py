@@ -1,0 +1,149 @@
+"""Token-level models around the stacks: embeddings in, logits out.
+
+``EncoderDecoderModel`` (``encdec``) maps source and target ids to next-token logits;
+``LanguageModel`` (``lm``) is decoder-only and causal. Both carry their canonical spec in
+``model.spec`` (set by the builder).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from plugformer.core import masks
+from plugformer.core.attention import LayerCache
+from plugformer.core.stack import Decoder, Seq2SeqStack
+
+
+class TokenEmbedding(nn.Embedding):
+    """Token ids (B, L) -> embeddings (B, L, D), optionally scaled by sqrt(D) (Vaswani et al.)."""
+
+    def __init__(self, vocab: int, d_model: int, *, scale: bool, device=None, dtype=None) -> None:
+        super().__init__(vocab, d_model, device=device, dtype=dtype)
+        self.scale = math.sqrt(d_model) if scale else 1.0
+        nn.init.normal_(self.weight, std=d_model**-0.5 if scale else 0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(
+                f"token ids must lie in [0, {self.num_embeddings}); got values from {int(ids.min())} "
+                f"to {int(ids.max())}"
+            )
+        return super().forward(ids) * self.scale
+
+
+class EncoderDecoderModel(nn.Module):
+    """Source ids and target ids in, next-token logits out (Vaswani et al., 2017).
+
+    Padding masks follow ``nn.Transformer`` (True = padding); when none is given and ``pad_id``
+    is set, they are taken from the ids equal to ``pad_id``.
+    """
+
+    kind = "encdec"
+
+    def __init__(
+        self,
+        *,
+        src_embed: TokenEmbedding,
+        tgt_embed: TokenEmbedding,
+        stack: Seq2SeqStack,
+        lm_head: nn.Linear,
+        pad_id: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.src_embed = src_embed
+        self.tgt_embed = tgt_embed
+        self.stack = stack
+        self.lm_head = lm_head
+        self.pad_id = pad_id
+
+    def forward(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        *,
+        src_key_padding_mask: Optional[Tensor] = None,
+        tgt_key_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """src: (B, S) ids, tgt: (B, T) ids (decoder input) -> logits (B, T, V)."""
+        src_key_padding_mask = self._padding(src, src_key_padding_mask)
+        memory = self.encode(src, src_key_padding_mask=src_key_padding_mask)
+        return self.decode(
+            tgt,
+            memory,
+            src_key_padding_mask=src_key_padding_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+        )
+
+    def encode(self, src: Tensor, *, src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """src: (B, S) ids -> memory (B, S, D)."""
+        src_key_padding_mask = self._padding(src, src_key_padding_mask)
+        attend = masks.padding_to_attend(src_key_padding_mask)
+        return self.stack.encoder(self.src_embed(src), mask=attend)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        *,
+        src_key_padding_mask: Optional[Tensor] = None,
+        tgt_key_padding_mask: Optional[Tensor] = None,
+        caches: Optional[Sequence[LayerCache]] = None,
+    ) -> Tensor:
+        """tgt: (B, T) ids (only new ones when ``caches`` hold the rest), memory: (B, S, D)
+        -> logits (B, T, V). ``tgt_key_padding_mask`` covers all target positions so far."""
+        tgt_key_padding_mask = self._padding(tgt, tgt_key_padding_mask) if caches is None else tgt_key_padding_mask
+        hidden = self.stack.decoder(
+            self.tgt_embed(tgt),
+            memory,
+            self_mask=masks.padding_to_attend(tgt_key_padding_mask),
+            memory_mask=masks.padding_to_attend(src_key_padding_mask),
+            causal=True,
+            caches=caches,
+        )
+        return self.lm_head(hidden)
+
+    def _padding(self, ids: Tensor, given: Optional[Tensor]) -> Optional[Tensor]:
+        if given is not None or self.pad_id is None:
+            return given
+        padding = ids == self.pad_id
+        return padding if bool(padding.any()) else None
+
+
+class LanguageModel(nn.Module):
+    """Decoder-only causal language model: ids (B, L) in, next-token logits (B, L, V) out."""
+
+    kind = "lm"
+
+    def __init__(
+        self,
+        *,
+        embed: TokenEmbedding,
+        decoder: Decoder,
+        lm_head: nn.Linear,
+        pad_id: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.decoder = decoder
+        self.lm_head = lm_head
+        self.pad_id = pad_id
+
+    def forward(
+        self,
+        ids: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        caches: Optional[Sequence[LayerCache]] = None,
+    ) -> Tensor:
+        """ids: (B, L) -> logits (B, L, V). ``key_padding_mask`` (B, L_total), True = padding."""
+        hidden = self.decoder(
+            self.embed(ids),
+            self_mask=masks.padding_to_attend(key_padding_mask),
+            causal=True,
+            caches=caches,
+        )
+        return self.lm_head(hidden)

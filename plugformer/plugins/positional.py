@@ -1,0 +1,105 @@
+"""Positional encodings added to the embeddings: ``sinusoidal``, ``learned`` and ``none``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from plugformer.core.context import BuildContext
+from plugformer.core.interfaces import PositionalEncoding
+from plugformer.hooks import hookimpl
+
+
+def sinusoidal_table(positions: Tensor, d_model: int, base: float = 10000.0) -> Tensor:
+    """PE(pos, 2i) = sin(pos / base^(2i/d)), PE(pos, 2i+1) = cos(pos / base^(2i/d)).
+
+    positions: (...,) -> (..., d_model), float32.
+    """
+    i = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)
+    angles = positions.to(torch.float32)[..., None] / base ** (i / d_model)  # (..., ceil(D/2))
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # sin, cos interleaved
+    return table[..., :d_model]
+
+
+class SinusoidalPositions(PositionalEncoding):
+    """Fixed sine/cosine positions added to the embeddings (Vaswani et al., 2017, section 3.5).
+
+    No parameters; positions past ``max_len`` are computed from the formula, so a model can be
+    evaluated on longer inputs than it was built for.
+
+    Args:
+        d_model: embedding width.
+        max_len: positions kept in a precomputed table. Default: 1024.
+        base: wavelength base. Default: 10000.
+    """
+
+    uses_embed = True
+
+    def __init__(self, *, d_model: int, max_len: int = 1024, base: float = 10000.0, device=None) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.base = base
+        table = sinusoidal_table(torch.arange(max_len, device=device), d_model, base)
+        self.register_buffer("table", table, persistent=False)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
+        if int(positions.max()) < self.table.shape[0]:
+            pe = self.table[positions]
+        else:
+            pe = sinusoidal_table(positions, self.d_model, self.base)
+        return x + pe.to(x.dtype)
+
+
+class LearnedPositions(PositionalEncoding):
+    """A trained embedding per absolute position, added to the token embeddings (GPT, BERT).
+
+    Args:
+        d_model: embedding width.
+        max_len: number of positions with an embedding.
+    """
+
+    uses_embed = True
+
+    def __init__(self, *, d_model: int, max_len: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(max_len, d_model, device=device, dtype=dtype)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
+        last = int(positions.max())
+        if last >= self.embedding.num_embeddings:
+            raise ValueError(
+                f"learned positions cover 0..{self.embedding.num_embeddings - 1}, got position "
+                f"{last}; build the model with max_len >= {last + 1}"
+            )
+        return x + self.embedding(positions)
+
+
+def sinusoidal(ctx: BuildContext, *, base: float = 10000.0) -> SinusoidalPositions:
+    """Fixed sine/cosine position encodings added to the embeddings (Vaswani et al.).
+
+    Args:
+        base: wavelength base of the sinusoids.
+    """
+    return SinusoidalPositions(d_model=ctx.d_model, max_len=ctx.max_len, base=base, device=ctx.device)
+
+
+def learned(ctx: BuildContext) -> LearnedPositions:
+    """Trained absolute position embeddings, one per position up to max_len."""
+    return LearnedPositions(d_model=ctx.d_model, max_len=ctx.max_len, **ctx.factory_kwargs)
+
+
+def none(ctx: BuildContext) -> PositionalEncoding:
+    """No positional information (a bag of tokens; causal models still see order through masking)."""
+    return PositionalEncoding()
+
+
+@hookimpl
+def plugformer_register(registry) -> None:
+    registry.add("positional", "sinusoidal", sinusoidal)
+    registry.add("positional", "learned", learned)
+    registry.add("positional", "none", none)

@@ -1,0 +1,371 @@
+"""Resolve a spec against the registry and build modules from it.
+
+``resolve`` checks every name, argument and type, fills in every default and converts values to
+their declared types, so the resolved spec is canonical: ``str(resolve(s))`` names the whole
+model. ``build`` turns a resolved spec into an ``nn.Module``: part slots reach model factories as
+:class:`~plugformer.core.slots.PartFactory` callables, and any error a factory raises comes back
+as a :class:`SpecError` pointing at the part (or argument) that caused it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from typing import Any, Literal, Optional, Union
+
+import attrs
+import torch
+from torch import nn
+
+from plugformer.core.context import BuildContext
+from plugformer.core.slots import ArgumentError, Slot
+from plugformer.registry.errors import SpecError
+from plugformer.registry.parts import REQUIRED, ArgInfo, Part
+from plugformer.registry.registry import Registry, UnknownPartError, default_registry
+from plugformer.registry.spec import Choice, PerLayer, Spec, parse
+
+PART_KINDS = ("attention", "positional", "feedforward", "norm", "block")
+RESERVED = ("device", "dtype")
+
+
+def resolve(spec: str | Spec, *, kind: str = "model", registry: Optional[Registry] = None, check: bool = True) -> Spec:
+    """Check ``spec`` against the registry and return it with every default filled in.
+
+    With ``check`` (the default) a model is also built once on the ``meta`` device, which
+    allocates no memory, so that impossible combinations (``d_model % heads``, a ``topk`` larger
+    than the number of regions, ...) are reported here, before any real tensor exists.
+
+    Raises:
+        SpecError: with the spec text and a caret under the offending part.
+    """
+    registry = registry or default_registry()
+    resolved = _Resolver(registry).call(_as_spec(spec), kind)
+    if check and kind == "model":
+        _instantiate(resolved, kind, registry, BuildContext(device="meta"))
+    return resolved
+
+
+def build(
+    spec: str | Spec,
+    *,
+    registry: Optional[Registry] = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a model from a spec; ``overrides`` replace model-level arguments of the spec.
+
+    The model carries its canonical spec as ``model.spec``::
+
+        model = build("transformer_tiny(attn=bra(region=8, topk=2))", vocab=100)
+    """
+    registry = registry or default_registry()
+    spec = _as_spec(spec)
+    if overrides:
+        spec = spec.with_args(**overrides)
+    resolved = _Resolver(registry).call(spec, "model")
+    model = _instantiate(resolved, "model", registry, BuildContext(device=device, dtype=dtype))
+    model.spec = resolved
+    return model
+
+
+def build_part(
+    kind: str,
+    spec: str | Spec,
+    *,
+    registry: Optional[Registry] = None,
+    **context: Any,
+) -> nn.Module:
+    """Build one part alone; ``context`` holds :class:`BuildContext` fields (d_model, heads, ...).
+
+    ``build_part("attention", "bra(region=16, topk=2)", d_model=64, heads=4)``
+    """
+    registry = registry or default_registry()
+    fields = {f.name for f in attrs.fields(BuildContext)}
+    unknown = sorted(set(context) - fields)
+    if unknown:
+        raise TypeError(f"unknown context field(s) {unknown}; accepted: {', '.join(sorted(fields))}")
+    resolved = _Resolver(registry).call(_as_spec(spec), kind)
+    module = _instantiate(resolved, kind, registry, BuildContext(**context))
+    module.spec = resolved
+    return module
+
+
+def _as_spec(spec: str | Spec) -> Spec:
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, str):
+        return parse(spec)
+    raise TypeError(f"a spec is a string or a Spec, not {type(spec).__name__}")
+
+
+# ----------------------------------------------------------------------------------- resolving
+
+
+def _slot_kind(tp: Any) -> tuple[Optional[str], bool]:
+    """(kind, optional) when ``tp`` is a part slot (``Annotated[..., Slot(kind)]``, maybe Optional)."""
+    optional = False
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(members) < len(typing.get_args(tp))
+        if len(members) != 1:
+            return None, optional
+        tp = members[0]
+    if typing.get_origin(tp) is typing.Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, Slot):
+                return meta.kind, optional
+    return None, optional
+
+
+class _Resolver:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def call(self, spec: Spec, kind: str) -> Spec:
+        try:
+            part = self.registry.get(kind, spec.name)
+        except UnknownPartError as err:
+            hint = f"did you mean {_quoted(err.suggestions)}?" if err.suggestions else None
+            raise spec.error(
+                f"unknown {kind} {spec.name!r}; available: {', '.join(err.available) or 'none'}",
+                hint=hint,
+            ) from None
+        accepted = {arg.name: arg for arg in part.args}
+        for key in spec.kwargs:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, list(accepted), n=1)
+                raise spec.error(
+                    f"unknown argument {key!r} of {kind} {spec.name!r}; accepted: "
+                    f"{', '.join(accepted) or 'none'}",
+                    key,
+                    at="name",
+                    hint=f"did you mean {close[0]!r}?" if close else None,
+                )
+        args = []
+        for arg in part.args:
+            given = key_given = arg.name in spec.kwargs
+            if given:
+                value = spec.kwargs[arg.name]
+            elif arg.required:
+                raise spec.error(f"{kind} {spec.name!r} needs argument {arg.name!r} ({arg.type_name})")
+            else:
+                value = arg.default
+            args.append((arg.name, self.value(value, arg, spec, kind, key_given, per_layer_ok=kind in PART_KINDS)))
+        return Spec(spec.name, args, span=spec.span, arg_spans=spec.arg_spans, source=spec.source)
+
+    def value(self, value: Any, arg: ArgInfo, owner: Spec, kind: str, given: bool, *, per_layer_ok: bool) -> Any:
+        where = f"argument {arg.name!r} of {kind} {owner.name!r}"
+        key = arg.name if given else None
+        if isinstance(value, Choice):
+            raise owner.error(
+                f"{where} holds a choice {value}; expand() the spec (or use compare) first", key
+            )
+        slot, optional = _slot_kind(arg.type)
+        if slot is not None:
+            return self.slot(value, slot, optional, where, owner, key)
+        if isinstance(value, PerLayer) and not _is_list_type(arg.type):
+            if not per_layer_ok:
+                raise owner.error(f"{where} takes one value, not a per-layer list", key)
+            if not value.items:
+                raise owner.error(f"{where}: an empty per-layer list has no value for any layer", key)
+            items = [self.scalar(item, arg.type, where, owner, key) for item in value.items]
+            return PerLayer(items, span=value.span)
+        return self.scalar(value, arg.type, where, owner, key)
+
+    def slot(self, value: Any, kind: str, optional: bool, where: str, owner: Spec, key: Optional[str]) -> Any:
+        if value is None:
+            if optional:
+                return None
+            raise owner.error(f"{where} needs a {kind} part, got none", key)
+        if isinstance(value, str):
+            value = parse(value)
+        if isinstance(value, Spec):
+            return self.call(value, kind)
+        if isinstance(value, PerLayer):
+            if not value.items:
+                raise owner.error(f"{where}: an empty per-layer list has no part for any layer", key)
+            items = [self.slot(item, kind, False, where, owner, key) for item in value.items]
+            return PerLayer(items, span=value.span)
+        raise owner.error(f"{where} needs a {kind} part (a name or name(...)), got {value!r}", key)
+
+    def scalar(self, value: Any, tp: Any, where: str, owner: Spec, key: Optional[str]) -> Any:
+        try:
+            return _convert(value, tp)
+        except _Mismatch as err:
+            raise owner.error(f"{where} must be {err.expected}, got {_show(value)}", key, hint=err.hint) from None
+
+
+class _Mismatch(Exception):
+    def __init__(self, expected: str, hint: Optional[str] = None) -> None:
+        self.expected = expected
+        self.hint = hint
+
+
+def _is_list_type(tp: Any) -> bool:
+    return typing.get_origin(tp) in (list, tuple, typing.Sequence) or tp in (list, tuple)
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``, or raise _Mismatch saying what was expected."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = typing.get_args(tp)
+        if value is None and type(None) in members:
+            return None
+        errors = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(value, member)
+            except _Mismatch as err:
+                errors.append(err.expected)
+        raise _Mismatch(" or ".join(errors + (["none"] if type(None) in members else [])))
+    if origin is Literal:
+        options = typing.get_args(tp)
+        text = value.name if isinstance(value, Spec) and value.bare else value
+        if text in options:
+            return text
+        close = difflib.get_close_matches(str(text), [str(o) for o in options], n=1)
+        raise _Mismatch(
+            "one of " + ", ".join(repr(o) for o in options), f"did you mean {close[0]!r}?" if close else None
+        )
+    if _is_list_type(tp):
+        if not isinstance(value, PerLayer):
+            raise _Mismatch(f"a list [...] ({_type_text(tp)})")
+        (item_type,) = typing.get_args(tp)[:1] or (Any,)
+        return PerLayer([_convert(item, item_type) for item in value.items], span=value.span)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Spec) and value.bare:
+            return value.name
+        raise _Mismatch("a string")
+    return value
+
+
+def _type_text(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (Spec, PerLayer)):
+        return str(value)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _quoted(names) -> str:
+    return " or ".join(repr(n) for n in names)
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+@attrs.frozen
+class BoundPart:
+    """A resolved part ready to build: the :class:`PartFactory` a model factory receives."""
+
+    kind: str
+    name: str
+    spec: Spec
+    part: Part = attrs.field(repr=False)
+    kwargs: dict = attrs.field(repr=False, hash=False)
+
+    def __call__(self, ctx: BuildContext, *wired: Any) -> nn.Module:
+        kwargs = {k: _for_layer(v, ctx.layer) for k, v in self.kwargs.items()}
+        try:
+            module = self.part.factory(ctx, *wired, **kwargs) if _takes_ctx(self.part) else self.part.factory(**kwargs)
+        except SpecError:
+            raise
+        except ArgumentError as err:
+            raise self.spec.error(f"{self.kind} {self.name!r}: {err}", err.argument) from None
+        except ValueError as err:
+            raise self.spec.error(f"{self.kind} {self.name!r}: {err}") from None
+        _check_capabilities(self, module, ctx)
+        return module
+
+
+@attrs.frozen
+class PerLayerPart:
+    """Per-layer parts ``[a, b]``: layer i is built by item ``i % len``."""
+
+    kind: str
+    items: tuple[BoundPart, ...]
+
+    @property
+    def name(self) -> str:
+        return "[" + ", ".join(item.name for item in self.items) + "]"
+
+    def __call__(self, ctx: BuildContext, *wired: Any) -> nn.Module:
+        return self.items[ctx.layer % len(self.items)](ctx, *wired)
+
+
+def _takes_ctx(part: Part) -> bool:
+    params = list(inspect.signature(part.factory).parameters.values())
+    return bool(params) and params[0].name == "ctx"
+
+
+def _for_layer(value: Any, layer: int) -> Any:
+    if isinstance(value, PerLayerPart) or not isinstance(value, PerLayer):
+        return value
+    return _plain(value.for_layer(layer))
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value.items] if isinstance(value, PerLayer) else value
+
+
+def _check_capabilities(bound: BoundPart, module: nn.Module, ctx: BuildContext) -> None:
+    if bound.kind != "attention":
+        return
+    if ctx.causal and not getattr(module, "supports_causal", True):
+        raise bound.spec.error(f"attention {bound.name!r} cannot run causal attention (decoder self-attention)")
+    if ctx.bias and not getattr(module, "supports_bias", False):
+        raise bound.spec.error(
+            f"attention {bound.name!r} cannot take the score bias of this positional encoding; "
+            "use a kernel that supports_bias (dense, fused) or another positional encoding"
+        )
+
+
+def _bind(value: Any, kind: str, registry: Registry) -> Any:
+    """Turn resolved slot values into factories; leave plain values as they are."""
+    if isinstance(value, Spec):
+        part = registry.get(kind, value.name)
+        kwargs = {}
+        for arg in part.args:
+            slot, _ = _slot_kind(arg.type)
+            raw = value.kwargs[arg.name]
+            kwargs[arg.name] = _bind(raw, slot, registry) if slot else _plain_list(raw, arg)
+        return BoundPart(kind, value.name, value, part, kwargs)
+    if isinstance(value, PerLayer) and all(isinstance(item, Spec) for item in value.items) and value.items:
+        return PerLayerPart(kind, tuple(_bind(item, kind, registry) for item in value.items))
+    return value
+
+
+def _plain_list(value: Any, arg: ArgInfo) -> Any:
+    return _plain(value) if _is_list_type(arg.type) else value
+
+
+def _instantiate(resolved: Spec, kind: str, registry: Registry, ctx: BuildContext) -> nn.Module:
+    return _bind(resolved, kind, registry)(ctx)
