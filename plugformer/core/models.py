@@ -11,6 +11,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core import masks
@@ -18,13 +19,22 @@ from plugformer.core.attention import LayerCache
 from plugformer.core.stack import Decoder, Seq2SeqStack
 
 
-class TokenEmbedding(nn.Embedding):
-    """Token ids (B, L) -> embeddings (B, L, D), optionally scaled by sqrt(D) (Vaswani et al.)."""
+class TokenEmbedding(nn.Module):
+    """Token ids (B, L) -> embeddings (B, L, D), optionally scaled by sqrt(D) (Vaswani et al.).
+
+    Initialised N(0, 1/D) when scaled (unit variance after scaling), N(0, 0.02^2) otherwise.
+    """
 
     def __init__(self, vocab: int, d_model: int, *, scale: bool, device=None, dtype=None) -> None:
-        super().__init__(vocab, d_model, device=device, dtype=dtype)
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, d_model, device=device, dtype=dtype))
         self.scale = math.sqrt(d_model) if scale else 1.0
-        nn.init.normal_(self.weight, std=d_model**-0.5 if scale else 0.02)
+        if not self.weight.is_meta:  # a meta build (spec checking) has no values to initialise
+            nn.init.normal_(self.weight, std=d_model**-0.5 if scale else 0.02)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
 
     def forward(self, ids: Tensor) -> Tensor:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
@@ -32,7 +42,7 @@ class TokenEmbedding(nn.Embedding):
                 f"token ids must lie in [0, {self.num_embeddings}); got values from {int(ids.min())} "
                 f"to {int(ids.max())}"
             )
-        return super().forward(ids) * self.scale
+        return F.embedding(ids, self.weight) * self.scale
 
 
 class EncoderDecoderModel(nn.Module):

@@ -33,11 +33,15 @@ class PartFactory(Protocol):
 
 
 class ArgumentError(ValueError):
-    """A factory argument with an impossible value; ``argument`` names it so errors can point at it."""
+    """A factory argument with an impossible value, so that errors can point at it.
 
-    def __init__(self, argument: str, message: str) -> None:
+    ``argument`` names it; a tuple names every argument involved (``("heads", "d_model")``) and
+    the error points at the first one the user wrote.
+    """
+
+    def __init__(self, argument: str | tuple[str, ...], message: str) -> None:
         super().__init__(message)
-        self.argument = argument
+        self.arguments = (argument,) if isinstance(argument, str) else tuple(argument)
 
 
 Attention = Annotated[PartFactory, Slot("attention")]

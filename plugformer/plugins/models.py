@@ -105,14 +105,16 @@ def model_context(
     if heads < 1:
         raise ArgumentError("heads", f"heads must be >= 1, got {heads}")
     if d_model % heads:
+        divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
         raise ArgumentError(
-            "heads", f"d_model ({d_model}) must be divisible by heads ({heads}); try heads in "
-            f"{[h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0][-4:]}"
+            ("heads", "d_model"),
+            f"d_model ({d_model}) must be divisible by heads ({heads}); heads that divide it: "
+            f"{', '.join(map(str, divisors[-4:]))}",
         )
     kv_heads = heads if kv_heads is None else kv_heads
     if kv_heads < 1 or heads % kv_heads:
         raise ArgumentError(
-            "kv_heads", f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})"
+            ("kv_heads", "heads"), f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})"
         )
     if max_len < 1:
         raise ArgumentError("max_len", f"max_len must be >= 1, got {max_len}")

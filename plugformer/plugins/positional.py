@@ -41,8 +41,8 @@ class SinusoidalPositions(PositionalEncoding):
         super().__init__()
         self.d_model = d_model
         self.base = base
-        table = sinusoidal_table(torch.arange(max_len, device=device), d_model, base)
-        self.register_buffer("table", table, persistent=False)
+        table = sinusoidal_table(torch.arange(max_len), d_model, base)  # on CPU, then moved
+        self.register_buffer("table", table.to(device), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
@@ -65,18 +65,19 @@ class LearnedPositions(PositionalEncoding):
 
     def __init__(self, *, d_model: int, max_len: int, device=None, dtype=None) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(max_len, d_model, device=device, dtype=dtype)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.weight = nn.Parameter(torch.empty(max_len, d_model, device=device, dtype=dtype))
+        if not self.weight.is_meta:  # a meta build (spec checking) has no values to initialise
+            nn.init.normal_(self.weight, std=0.02)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
         last = int(positions.max())
-        if last >= self.embedding.num_embeddings:
+        if last >= self.weight.shape[0]:
             raise ValueError(
-                f"learned positions cover 0..{self.embedding.num_embeddings - 1}, got position "
+                f"learned positions cover 0..{self.weight.shape[0] - 1}, got position "
                 f"{last}; build the model with max_len >= {last + 1}"
             )
-        return x + self.embedding(positions)
+        return x + self.weight[positions]
 
 
 def sinusoidal(ctx: BuildContext, *, base: float = 10000.0) -> SinusoidalPositions:

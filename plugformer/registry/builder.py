@@ -299,7 +299,9 @@ class BoundPart:
         except SpecError:
             raise
         except ArgumentError as err:
-            raise self.spec.error(f"{self.kind} {self.name!r}: {err}", err.argument) from None
+            written = [a for a in err.arguments if self.spec.arg_span(a) is not None]
+            key = written[0] if written else None
+            raise self.spec.error(f"{self.kind} {self.name!r}: {err}", key) from None
         except ValueError as err:
             raise self.spec.error(f"{self.kind} {self.name!r}: {err}") from None
         _check_capabilities(self, module, ctx)
