@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plugformer.core import masks
+from plugformer.core import generation, masks
 from plugformer.core.attention import LayerCache
 from plugformer.core.stack import Decoder, Seq2SeqStack
 
@@ -116,6 +116,44 @@ class EncoderDecoderModel(nn.Module):
         )
         return self.lm_head(hidden)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        src: Tensor,
+        max_new_tokens: int,
+        *,
+        bos_id: int,
+        eos_id: Optional[int] = None,
+        src_key_padding_mask: Optional[Tensor] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        beams: int = 1,
+        length_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Target tokens (B, T) for sources (B, S), starting from ``bos_id``.
+
+        Greedy by default; ``temperature`` > 0 samples (with ``top_k`` / ``top_p``, seeded by
+        ``seed``); ``beams`` > 1 runs beam search. Each row stops at ``eos_id`` and is padded
+        with ``pad_id`` (0 when unset) after it. ``use_cache=False`` recomputes every prefix.
+        """
+        def session(repeats: int) -> generation.Session:
+            return generation.EncoderDecoderSession(
+                self,
+                generation.repeat_rows(src, repeats),
+                bos_id=bos_id,
+                src_key_padding_mask=generation.repeat_rows(src_key_padding_mask, repeats),
+                use_cache=use_cache,
+            )
+
+        return generation.run(
+            session, src.shape[0], max_new_tokens=max_new_tokens, beams=beams, eos_id=eos_id,
+            pad_id=self.pad_id, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            length_penalty=length_penalty,
+        )
+
     def _padding(self, ids: Tensor, given: Optional[Tensor]) -> Optional[Tensor]:
         if given is not None or self.pad_id is None:
             return given
@@ -148,12 +186,54 @@ class LanguageModel(nn.Module):
         *,
         key_padding_mask: Optional[Tensor] = None,
         caches: Optional[Sequence[LayerCache]] = None,
+        left_padding: Optional[Tensor] = None,
     ) -> Tensor:
-        """ids: (B, L) -> logits (B, L, V). ``key_padding_mask`` (B, L_total), True = padding."""
+        """ids: (B, L) -> logits (B, L, V).
+
+        ``key_padding_mask`` (B, L_total), True = padding, covers cached tokens too;
+        ``left_padding`` (B,) counts the pads before each row's first token (left-padded
+        prompts), so positions count from the first real token.
+        """
         hidden = self.decoder(
             self.embed(ids),
             self_mask=masks.padding_to_attend(key_padding_mask),
             causal=True,
             caches=caches,
+            left_padding=left_padding,
         )
         return self.lm_head(hidden)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        *,
+        prompt_padding_mask: Optional[Tensor] = None,
+        eos_id: Optional[int] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        beams: int = 1,
+        length_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """New tokens (B, T) after prompts (B, L).
+
+        Prompts of different lengths are left-padded, with ``prompt_padding_mask`` (B, L) True
+        at the pads. Strategies as :meth:`EncoderDecoderModel.generate`.
+        """
+        def session(repeats: int) -> generation.Session:
+            return generation.LanguageModelSession(
+                self,
+                generation.repeat_rows(prompt, repeats),
+                prompt_padding_mask=generation.repeat_rows(prompt_padding_mask, repeats),
+                use_cache=use_cache,
+            )
+
+        return generation.run(
+            session, prompt.shape[0], max_new_tokens=max_new_tokens, beams=beams, eos_id=eos_id,
+            pad_id=self.pad_id, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            length_penalty=length_penalty,
+        )

@@ -34,8 +34,12 @@ class _Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = norm or nn.Identity()
 
-    def _embed(self, x: Tensor, offset: int) -> tuple[Tensor, Optional[Positions]]:
+    def _embed(
+        self, x: Tensor, offset: int, left_padding: Optional[Tensor] = None
+    ) -> tuple[Tensor, Optional[Positions]]:
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
+        if left_padding is not None:  # each row's first real token sits at position 0
+            positions = (positions[None, :] - left_padding[:, None]).clamp(min=0)  # (B, L)
         x = self.dropout(self.pe.embed(x, positions))
         uses_hooks = self.pe.uses_rotate or self.pe.uses_bias
         return x, Positions(self.pe, offset) if uses_hooks else None
@@ -68,6 +72,7 @@ class Decoder(_Stack):
         memory_mask: Optional[Tensor] = None,
         causal: bool = True,
         caches: Optional[Sequence[LayerCache]] = None,
+        left_padding: Optional[Tensor] = None,
     ) -> Tensor:
         """Decode.
 
@@ -78,12 +83,15 @@ class Decoder(_Stack):
             memory_mask: boolean True = may attend, broadcastable to (B, H, T, S).
             causal: causal self-attention (bottom-right aligned).
             caches: one :class:`LayerCache` per layer for incremental decoding.
+            left_padding: (B,) number of padding tokens before each row's first real token,
+                so that absolute positions (``embed``) count from that token. Relative hooks
+                (``rotate``, ``score_bias``) see only differences, which a shift leaves alone.
 
         Returns:
             (B, T, D).
         """
         offset = len(caches[0].self_attn) if caches else 0
-        x, positions = self._embed(x, offset)
+        x, positions = self._embed(x, offset, left_padding)
         for i, layer in enumerate(self.layers):
             x = layer(
                 x,

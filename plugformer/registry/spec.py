@@ -1,0 +1,656 @@
+"""The spec language: one line of text that names a model and its parts.
+
+::
+
+    spec   := call
+    call   := NAME [ "(" [ kwarg ("," kwarg)* [","] ] ")" ]
+    kwarg  := NAME "=" value
+    value  := INT | FLOAT | "true" | "false" | "none" | STRING | call | list | choice
+    list   := "[" [ value ("," value)* [","] ] "]"      per-layer values
+    choice := "{" value ("," value)+ [","] "}"           alternatives, see `expand`
+
+This module is syntax only: `parse` turns text into frozen `Spec` trees, `str(spec)` prints
+the canonical text (``parse(str(s)) == s``), `expand` multiplies out the choices. Checking names,
+defaults and types against the registry is the resolver's job; it raises the same `SpecError`,
+pointing at the spans that the parser records on every node.
+
+Numbers are written as in Python (``-2``, ``1e-5``, ``.5``); strings in single or double quotes
+with backslash escapes (``\\\\ \\' \\" \\n \\t \\r \\xhh \\uhhhh \\Uhhhhhhhh``). ``true``,
+``false`` and ``none`` are values, except as the top-level part name or when called
+(``none()``); any other bare name is a call without arguments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import string
+from collections.abc import Iterable, Mapping
+from typing import Union
+
+import attrs
+
+from plugformer.registry.errors import SpecError
+
+__all__ = [
+    "MAX_DEPTH", "ArgSpan", "Choice", "PerLayer", "Span", "Spec", "SpecError", "Value",
+    "expand", "format_spec", "parse",
+]
+
+Span = tuple[int, int]
+MAX_DEPTH = 100  # brackets open at once; deeper text is an error, never a RecursionError
+KEYWORDS = {"true": True, "false": False, "none": None}
+A_VALUE = "a value (number, true/false/none, 'string', name, [list] or {choice})"
+
+_NAME_START = frozenset(string.ascii_letters + "_")
+_NAME_CHARS = _NAME_START | frozenset(string.digits)
+_DIGITS = frozenset(string.digits)
+_PUNCTUATION = frozenset("()[]{},=")
+_UNESCAPE = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+_ESCAPE = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_HEX_ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+# ----------------------------------------------------------------------------- data model
+
+
+def _is_name(text: str) -> bool:
+    return bool(text) and text[0] in _NAME_START and all(ch in _NAME_CHARS for ch in text)
+
+
+def _check_name(_instance: object, _attribute: object, name: str) -> None:
+    if not isinstance(name, str) or not _is_name(name):
+        raise SpecError(
+            f"{name!r} is not a valid name; use letters, digits and '_', not starting with a digit"
+        )
+
+
+def _check_value(value: object) -> Value:
+    """``value`` as one of the types a spec can hold; subclasses become their base type."""
+    if value is None or isinstance(value, (Spec, PerLayer, Choice)):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpecError(f"{value!r} cannot be written in a spec; use a finite number")
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    hint = " (write per-layer values as PerLayer([...]))" if isinstance(value, list) else ""
+    raise TypeError(
+        "a spec value is an int, float, bool, None, str, Spec, PerLayer or Choice, "
+        f"not {type(value).__name__}{hint}"
+    )
+
+
+def _value_key(value: Value) -> object:
+    """Equality key that tells ``1``, ``1.0`` and ``true`` apart (Python's ``==`` does not)."""
+    if value is None or isinstance(value, (Spec, PerLayer, Choice)):
+        return value
+    return (type(value).__name__, value)
+
+
+def _to_values(values: Iterable[object]) -> tuple[Value, ...]:
+    if isinstance(values, (str, Mapping)):
+        raise TypeError(f"expected a sequence of values, not {type(values).__name__}")
+    return tuple(_check_value(value) for value in values)
+
+
+def _values_key(values: tuple[Value, ...]) -> tuple[object, ...]:
+    return tuple(_value_key(value) for value in values)
+
+
+def _to_args(
+    args: Mapping[str, object] | Iterable[tuple[str, object]],
+) -> tuple[tuple[str, Value], ...]:
+    pairs = args.items() if isinstance(args, Mapping) else args
+    result: list[tuple[str, Value]] = []
+    for key, value in pairs:
+        _check_name(None, None, key)
+        if any(key == seen for seen, _ in result):
+            raise SpecError(f"duplicate argument {key!r}")
+        result.append((key, _check_value(value)))
+    return tuple(result)
+
+
+def _args_key(args: tuple[tuple[str, Value], ...]) -> tuple[object, ...]:
+    return tuple((key, _value_key(value)) for key, value in args)
+
+
+@attrs.frozen
+class ArgSpan:
+    """Where one argument was written: the spans of its name and of its value."""
+
+    name: Span
+    value: Span
+
+
+@attrs.frozen
+class Spec:
+    """A call ``name(key=value, ...)``: a part with its keyword arguments, in written order.
+
+    ``name`` and ``name()`` are equal and both print as ``name``; ``bare`` records which one
+    was written (a bare name in a string slot is that string). Spans are ``(start, end)``
+    offsets into ``source`` and take no part in equality or hashing.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    args: tuple[tuple[str, Value], ...] = attrs.field(default=(), converter=_to_args, eq=_args_key)
+    span: Span | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    arg_spans: tuple[tuple[str, ArgSpan], ...] = attrs.field(
+        default=(), eq=False, repr=False, kw_only=True
+    )
+    bare: bool = attrs.field(
+        default=attrs.Factory(lambda self: not self.args, takes_self=True),
+        eq=False, repr=False, kw_only=True,
+    )
+    source: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.bare and self.args:
+            raise ValueError(f"Spec {self.name!r} has arguments, so it cannot be bare")
+
+    @property
+    def kwargs(self) -> dict[str, Value]:
+        """The arguments as a dict, in written order."""
+        return dict(self.args)
+
+    def get(self, key: str, default: Value = None) -> Value:
+        """The value of argument ``key``, or ``default`` when it is not given."""
+        for name, value in self.args:
+            if name == key:
+                return value
+        return default
+
+    def arg_span(self, key: str) -> ArgSpan | None:
+        """Where argument ``key`` was written, or None when unknown (not parsed, or added)."""
+        return dict(self.arg_spans).get(key)
+
+    def with_args(self, /, **changes: object) -> Spec:
+        """A copy with ``changes`` applied: existing keys replaced in place, new ones appended.
+
+        Replaced arguments keep their spans, so that errors still point at what was written.
+        """
+        args = [(key, changes.pop(key) if key in changes else value) for key, value in self.args]
+        args.extend(changes.items())
+        return attrs.evolve(self, args=args, bare=self.bare and not args)
+
+    def without(self, *keys: str) -> Spec:
+        """A copy without the arguments ``keys`` (keys that are not there are ignored)."""
+        drop = set(keys)
+        return attrs.evolve(
+            self,
+            args=[(key, value) for key, value in self.args if key not in drop],
+            arg_spans=tuple((key, span) for key, span in self.arg_spans if key not in drop),
+        )
+
+    def error(self, message: str, key: str | None = None, *, at: str = "value",
+              hint: str | None = None) -> SpecError:
+        """A `SpecError` pointing at argument ``key`` (its ``"value"`` or its ``"name"``), or at
+        the whole call when ``key`` is None or was not written in ``source``."""
+        if at not in ("value", "name"):
+            raise ValueError(f"at must be 'value' or 'name', not {at!r}")
+        span = self.span
+        arg = None if key is None else self.arg_span(key)
+        if arg is not None:
+            span = arg.name if at == "name" else arg.value
+        return SpecError(message, self.source, span, hint)
+
+    def __str__(self) -> str:
+        return _format_call(self, nested=False)
+
+
+@attrs.frozen
+class PerLayer:
+    """Per-layer values, written ``[a, b]``: layer ``i`` takes item ``i % len(items)``."""
+
+    items: tuple[Value, ...] = attrs.field(default=(), converter=_to_values, eq=_values_key)
+    span: Span | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    item_spans: tuple[Span | None, ...] = attrs.field(
+        default=(), eq=False, repr=False, kw_only=True
+    )
+
+    def for_layer(self, index: int) -> Value:
+        """The value of layer ``index``: the list repeats when there are more layers than items."""
+        if not self.items:
+            raise SpecError("an empty per-layer list [] has no value for any layer")
+        return self.items[index % len(self.items)]
+
+    def __str__(self) -> str:
+        return _format_value(self)
+
+
+def _check_options(_instance: object, _attribute: object, options: tuple[Value, ...]) -> None:
+    if len(options) < 2:
+        raise SpecError(f"a choice needs at least two options, got {len(options)}")
+
+
+@attrs.frozen
+class Choice:
+    """Alternatives, written ``{a, b}``: `expand` makes one spec for each."""
+
+    options: tuple[Value, ...] = attrs.field(
+        converter=_to_values, eq=_values_key, validator=_check_options
+    )
+    span: Span | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    item_spans: tuple[Span | None, ...] = attrs.field(
+        default=(), eq=False, repr=False, kw_only=True
+    )
+
+    def __str__(self) -> str:
+        return _format_value(self)
+
+
+Value = Union[int, float, bool, None, str, Spec, PerLayer, Choice]
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def format_spec(value: Value) -> str:
+    """The canonical text of a spec or of any value in one; `parse` reads a spec back equal."""
+    if isinstance(value, Spec):
+        return _format_call(value, nested=False)
+    return _format_value(_check_value(value))
+
+
+def _format_call(spec: Spec, *, nested: bool) -> str:
+    if spec.args:
+        args = ", ".join(f"{key}={_format_value(value)}" for key, value in spec.args)
+        return f"{spec.name}({args})"
+    if nested and spec.name in KEYWORDS:
+        return f"{spec.name}()"
+    return spec.name
+
+
+def _format_value(value: Value) -> str:
+    if isinstance(value, Spec):
+        return _format_call(value, nested=True)
+    if isinstance(value, PerLayer):
+        return "[" + ", ".join(_format_value(item) for item in value.items) + "]"
+    if isinstance(value, Choice):
+        return "{" + ", ".join(_format_value(option) for option in value.options) + "}"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return _quote(value)
+
+
+def _quote(text: str) -> str:
+    quote = '"' if "'" in text and '"' not in text else "'"
+    out = [quote]
+    for ch in text:
+        if ch in _ESCAPE:
+            out.append(_ESCAPE[ch])
+        elif ch == quote:
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append(quote)
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- expanding
+
+
+def expand(spec: str | Spec, *, max_variants: int = 10_000) -> list[Spec]:
+    """One spec per combination of ``{...}`` choices, at any depth, in written order.
+
+    The first choice varies slowest, as in `itertools.product`; a spec without choices gives
+    ``[spec]``. More than ``max_variants`` combinations is an error, raised before building any.
+    """
+    root = parse(spec) if isinstance(spec, str) else spec
+    count = _count(root)
+    if count > max_variants:
+        raise SpecError(
+            f"the spec expands to {count} variants, more than max_variants={max_variants}",
+            root.source, root.span, hint="remove some {...} choices or raise max_variants",
+        )
+    if count == 1:
+        return [root]
+    return [variant for variant, _ in _expand(root, root.span)]
+
+
+def _count(value: Value) -> int:
+    if isinstance(value, Spec):
+        return math.prod(_count(arg) for _, arg in value.args)
+    if isinstance(value, PerLayer):
+        return math.prod(_count(item) for item in value.items)
+    if isinstance(value, Choice):
+        return sum(_count(option) for option in value.options)
+    return 1
+
+
+def _expand(value: Value, span: Span | None) -> list[tuple[Value, Span | None]]:
+    """Every choice-free variant of ``value``, each with the span of the text it came from."""
+    if isinstance(value, Choice):
+        spans = _item_spans(value.item_spans, len(value.options))
+        return [found for option, at in zip(value.options, spans) for found in _expand(option, at)]
+    if isinstance(value, PerLayer):
+        spans = _item_spans(value.item_spans, len(value.items))
+        per_item = [_expand(item, at) for item, at in zip(value.items, spans)]
+        return [
+            (PerLayer([v for v, _ in combo], span=span, item_spans=tuple(at for _, at in combo)),
+             span)
+            for combo in itertools.product(*per_item)
+        ]
+    if isinstance(value, Spec):
+        arg_spans = dict(value.arg_spans)
+        per_arg = []
+        for key, arg in value.args:
+            written = arg_spans.get(key)
+            per_arg.append(_expand(arg, written.value if written else None))
+        variants = []
+        for combo in itertools.product(*per_arg):
+            args = [(key, v) for (key, _), (v, _) in zip(value.args, combo)]
+            spans = tuple(
+                (key, ArgSpan(arg_spans[key].name, at))
+                for (key, _), (_, at) in zip(value.args, combo) if key in arg_spans
+            )
+            variants.append((attrs.evolve(value, args=args, arg_spans=spans), span))
+        return variants
+    return [(value, span)]
+
+
+def _item_spans(spans: tuple[Span | None, ...], count: int) -> tuple[Span | None, ...]:
+    return spans if len(spans) == count else (None,) * count
+
+
+# ----------------------------------------------------------------------------- lexing
+
+
+@attrs.frozen
+class _Token:
+    kind: str  # "name", "int", "float", "string", "end", or the punctuation character
+    start: int
+    end: int
+    value: object = None
+
+
+class _Lexer:
+    """Tokens of a spec text, scanned on demand so that the first error in the text wins."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self._peeked: _Token | None = None
+
+    def peek(self) -> _Token:
+        if self._peeked is None:
+            self._peeked = self._scan()
+        return self._peeked
+
+    def next(self) -> _Token:
+        token = self.peek()
+        self._peeked = None
+        return token
+
+    def _error(self, message: str, start: int, end: int, hint: str | None = None) -> SpecError:
+        return SpecError(message, self.text, (start, end), hint)
+
+    def _scan(self) -> _Token:
+        text, pos = self.text, self.pos
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            self.pos = pos
+            return _Token("end", pos, pos)
+        ch = text[pos]
+        if ch in _PUNCTUATION:
+            token = _Token(ch, pos, pos + 1)
+        elif ch in _NAME_START:
+            end = pos + 1
+            while end < len(text) and text[end] in _NAME_CHARS:
+                end += 1
+            token = _Token("name", pos, end, text[pos:end])
+        elif ch in _DIGITS or ch in "-.":
+            token = self._number(pos)
+        elif ch in "'\"":
+            token = self._string(pos)
+        else:
+            shown = repr(ch) if ch.isprintable() else f"{ch!r} (U+{ord(ch):04X})"
+            raise self._error(f"unexpected character {shown}", pos, pos + 1, hint=(
+                "a spec is written name(key=value, ...); quote other text as a 'string'"))
+        self.pos = token.end
+        return token
+
+    def _digits(self, pos: int) -> int:
+        while pos < len(self.text) and self.text[pos] in _DIGITS:
+            pos += 1
+        return pos
+
+    def _number(self, start: int) -> _Token:
+        text = self.text
+        pos = start + (text[start] == "-")
+        integer_end = self._digits(pos)
+        end = integer_end
+        if end < len(text) and text[end] == ".":
+            end = self._digits(end + 1)
+        if integer_end == pos and end <= pos + 1:
+            if text[start] == "-":
+                raise self._error("expected a number after '-'", start, start + 1)
+            raise self._error("unexpected character '.'", start, start + 1,
+                              hint="names cannot contain '.'; quote the text as a 'string'")
+        valid = True
+        if end < len(text) and text[end] in "eE":
+            end += 1 + (end + 1 < len(text) and text[end + 1] in "+-")
+            exponent = end
+            end = self._digits(end)
+            valid = end > exponent
+        tail = end
+        while tail < len(text) and (text[tail] in _NAME_CHARS or text[tail] == "."):
+            tail += 1
+        literal = text[start:tail]
+        if not valid or tail != end:
+            raise self._error(f"invalid number {literal!r}", start, tail,
+                              hint="write numbers as 12, -3, 0.5 or 1e-5")
+        if end == integer_end:
+            try:
+                return _Token("int", start, end, int(literal))
+            except ValueError:  # past Python's limit on digits in int()
+                raise self._error(f"the integer {literal[:12]}... has too many digits",
+                                  start, end) from None
+        number = float(literal)
+        if math.isinf(number):
+            raise self._error(f"the number {literal} is too large for a float", start, end)
+        return _Token("float", start, end, number)
+
+    def _string(self, start: int) -> _Token:
+        text, quote = self.text, self.text[start]
+        chars: list[str] = []
+        pos = start + 1
+        while pos < len(text):
+            ch = text[pos]
+            if ch == quote:
+                return _Token("string", start, pos + 1, "".join(chars))
+            if ch != "\\":
+                chars.append(ch)
+                pos += 1
+                continue
+            escape = text[pos + 1] if pos + 1 < len(text) else ""
+            if escape in _UNESCAPE:
+                chars.append(_UNESCAPE[escape])
+                pos += 2
+            elif escape in _HEX_ESCAPE_DIGITS:
+                width = _HEX_ESCAPE_DIGITS[escape]
+                written = text[pos + 2:pos + 2 + width]
+                digits = "".join(itertools.takewhile(string.hexdigits.__contains__, written))
+                if len(digits) != width or int(digits, 16) > 0x10FFFF:
+                    raise self._error(f"invalid escape '\\{escape}{digits}' in string",
+                                      pos, pos + 2 + len(digits),
+                                      hint=f"'\\{escape}' takes {width} hex digits")
+                chars.append(chr(int(digits, 16)))
+                pos += 2 + width
+            elif escape:
+                raise self._error(f"unknown escape '\\{escape}' in string", pos, pos + 2,
+                                  hint="write '\\\\' for a backslash")
+            else:
+                break
+        raise self._error("unterminated string", start, len(text),
+                          hint=f"close the string with {quote}")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse(text: str) -> Spec:
+    """The `Spec` written in ``text``; raises `SpecError` with a caret for anything else."""
+    if not isinstance(text, str):
+        raise TypeError(f"parse() takes the spec text as a str, not {type(text).__name__}")
+    return _Parser(text).parse()
+
+
+class _Parser:
+    """Recursive descent over `_Lexer` tokens, one method per rule of the grammar."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lexer = _Lexer(text)
+        self.depth = 0
+
+    def parse(self) -> Spec:
+        token = self.lexer.next()
+        if token.kind == "end":
+            raise SpecError("empty spec; expected a part name such as 'transformer_tiny'",
+                            self.text, (token.start, token.end))
+        if token.kind != "name":
+            hint = "write the name without quotes" if token.kind == "string" else None
+            raise self._unexpected(token, "a part name such as 'transformer_tiny'", hint)
+        spec = self._call(token)
+        extra = self.lexer.next()
+        if extra.kind != "end":
+            hint = ("there is a ')' too many" if extra.kind == ")"
+                    else "a spec is a single call: name(key=value, ...)")
+            raise SpecError("unexpected text after the spec", self.text,
+                            (extra.start, len(self.text.rstrip())), hint)
+        return spec
+
+    def _call(self, name: _Token) -> Spec:
+        if self.lexer.peek().kind != "(":
+            return Spec(name.value, span=(name.start, name.end), bare=True, source=self.text)
+        opening = self._open()
+        args: list[tuple[str, Value]] = []
+        arg_spans: list[tuple[str, ArgSpan]] = []
+        while True:
+            key = self.lexer.next()
+            if key.kind == ")":
+                break
+            self._check_argument_name(key, opening, arg_spans)
+            value, value_span = self._value()
+            args.append((key.value, value))
+            arg_spans.append((key.value, ArgSpan((key.start, key.end), value_span)))
+            separator = self.lexer.next()
+            if separator.kind == ")":
+                key = separator
+                break
+            if separator.kind != ",":
+                hint = "separate arguments with ','" if separator.kind == "name" else None
+                raise self._unexpected(separator, "',' or ')'", hint, opening)
+        self.depth -= 1
+        return Spec(name.value, tuple(args), span=(name.start, key.end),
+                    arg_spans=tuple(arg_spans), bare=False, source=self.text)
+
+    def _check_argument_name(self, key: _Token, opening: _Token,
+                             written: list[tuple[str, ArgSpan]]) -> None:
+        """Raise unless ``key`` starts ``name =``; consumes the '='."""
+        after = self.lexer.peek()
+        positional = key.kind in ("int", "float", "string", "[", "{") or (
+            key.kind == "name" and after.kind in (",", ")", "("))
+        if positional:
+            raise SpecError("positional arguments are not allowed; write name=value",
+                            self.text, (key.start, key.end),
+                            "every argument is a keyword argument, e.g. bra(region=64)")
+        if key.kind != "name":
+            raise self._unexpected(key, "an argument name or ')'", None, opening)
+        if after.kind != "=":
+            raise SpecError(f"expected '=' after argument name {key.value!r}", self.text,
+                            (after.start, after.end), f"write {key.value}=value")
+        for seen, spans in written:
+            if seen == key.value:
+                first = spans.name[0] + 1
+                raise SpecError(f"duplicate argument {key.value!r}", self.text,
+                                (key.start, key.end),
+                                f"{key.value!r} is already given at column {first}; keep one")
+        self.lexer.next()
+
+    def _value(self) -> tuple[Value, Span]:
+        token = self.lexer.next()
+        span = (token.start, token.end)
+        if token.kind in ("int", "float", "string"):
+            return token.value, span
+        if token.kind == "name":
+            if token.value in KEYWORDS and self.lexer.peek().kind != "(":
+                return KEYWORDS[token.value], span
+            spec = self._call(token)
+            return spec, spec.span
+        if token.kind == "[":
+            return self._sequence(token, "]")
+        if token.kind == "{":
+            return self._sequence(token, "}")
+        raise self._unexpected(token, A_VALUE)
+
+    def _sequence(self, opening: _Token, closer: str) -> tuple[Value, Span]:
+        """A list ``[a, b]`` or a choice ``{a, b}``; '[' or '{' is already consumed."""
+        self._enter(opening)
+        items: list[Value] = []
+        spans: list[Span] = []
+        while True:
+            if self.lexer.peek().kind == closer:
+                end = self.lexer.next().end
+                break
+            value, value_span = self._value()
+            items.append(value)
+            spans.append(value_span)
+            separator = self.lexer.next()
+            if separator.kind == closer:
+                end = separator.end
+                break
+            if separator.kind != ",":
+                raise self._unexpected(separator, f"',' or '{closer}'", None, opening)
+        self.depth -= 1
+        span = (opening.start, end)
+        if closer == "]":
+            return PerLayer(items, span=span, item_spans=tuple(spans)), span
+        if len(items) < 2:
+            raise SpecError("a choice needs at least two options", self.text, span,
+                            "write alternatives as {a, b}, or the single value without braces")
+        return Choice(items, span=span, item_spans=tuple(spans)), span
+
+    def _open(self) -> _Token:
+        opening = self.lexer.next()
+        self._enter(opening)
+        return opening
+
+    def _enter(self, opening: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SpecError(f"the spec nests deeper than {MAX_DEPTH} levels", self.text,
+                            (opening.start, opening.end), "flatten the spec")
+
+    def _unexpected(self, token: _Token, expected: str, hint: str | None = None,
+                    opening: _Token | None = None) -> SpecError:
+        if token.kind == "end":
+            found = "end of spec"
+            if opening is not None and hint is None:
+                hint = f"the '{opening.kind}' at column {opening.start + 1} is not closed"
+        else:
+            written = self.text[token.start:token.end]
+            if len(written) > 30:
+                written = written[:27] + "..."
+            found = f"string {written}" if token.kind == "string" else f"'{written}'"
+        return SpecError(f"unexpected {found}; expected {expected}", self.text,
+                         (token.start, token.end), hint)
