@@ -185,6 +185,71 @@ def list_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("build")
+@argument("spec", metavar="SPEC", help="a model spec, e.g. 'transformer_tiny(attn=bra(region=8, topk=2))'")
+def build_model(args: argparse.Namespace) -> int:
+    """Build a model: print its canonical spec and its parameters per part."""
+    from plugformer.core.summary import parameter_table
+    from plugformer.registry.builder import build
+
+    model = build(args.spec, registry=args.registry, device="meta")  # counts need no memory
+    print(model.spec)
+    table = parameter_table(model)
+    rows = [(row.path, row.part, row.layers, f"{row.parameters:,}") for row in table]
+    rows.append(("total", "", "", f"{sum(row.parameters for row in table):,}"))
+    print_table(("part", "module", "layers", "parameters"), rows)
+    return 0
+
+
+@command("generate")
+@argument("checkpoint", metavar="CHECKPOINT", help="a file written by plugformer.save")
+@argument("--input", "-i", required=True, action="append",
+          help="token ids, comma-separated (repeat for a batch): the source (encdec) or prompt (lm)")
+@argument("--max-new-tokens", "-n", type=int, default=32)
+@argument("--bos-id", type=int, default=1, help="first decoder token of encdec models")
+@argument("--eos-id", type=int, default=None)
+@argument("--temperature", type=float, default=0.0, help="0 = greedy")
+@argument("--top-k", type=int, default=None)
+@argument("--top-p", type=float, default=None)
+@argument("--beams", type=int, default=1)
+@argument("--seed", type=int, default=None)
+def generate_tokens(args: argparse.Namespace) -> int:
+    """Generate tokens with a saved model (one output line of ids per input)."""
+    import torch
+
+    from plugformer.io import load
+
+    model = load(args.checkpoint, registry=args.registry).eval()
+    rows = [_token_ids(text) for text in args.input]
+    width = max(len(row) for row in rows)
+    pad = model.pad_id if model.pad_id is not None else 0
+    if model.kind == "lm":  # left-pad prompts
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        padding = torch.tensor([[True] * (width - len(r)) + [False] * len(r) for r in rows])
+        extra = {"prompt_padding_mask": padding}
+    else:  # right-pad sources
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        padding = torch.tensor([[False] * len(r) + [True] * (width - len(r)) for r in rows])
+        extra = {"src_key_padding_mask": padding, "bos_id": args.bos_id}
+    out = model.generate(
+        ids, args.max_new_tokens, eos_id=args.eos_id, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, beams=args.beams, seed=args.seed, **extra,
+    )
+    for row in out.tolist():
+        print(",".join(map(str, row)))
+    return 0
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        ids = [int(piece) for piece in text.replace(" ", "").split(",") if piece]
+    except ValueError:
+        raise ValueError(f"--input must be comma-separated token ids, got {text!r}") from None
+    if not ids:
+        raise ValueError("--input is empty")
+    return ids
+
+
 def find_kind(registry: Registry, name: str) -> str:
     """The kind of the one part called ``name``; an error if none or several kinds have one."""
     parts = registry.list()

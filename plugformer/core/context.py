@@ -23,6 +23,9 @@ class BuildContext:
         head_dim: width of one head. Default: ``d_model // heads``.
         causal: whether the attention being built is causal (decoder self-attention, ``lm``).
         cross: whether the attention being built attends to another sequence (encoder memory).
+        decoder: whether the part sits in a causal decoder stack. Cross-attention there has
+            ``causal`` False but its queries still arrive one at a time, so a kernel that
+            looks across queries (region routing) must not.
         bias: whether the stack's positional encoding hands attention a score bias (ALiBi, T5):
             a kernel that cannot take one is refused at build time.
         max_len: longest sequence the model is built for (learned tables size themselves by it).
@@ -38,6 +41,7 @@ class BuildContext:
     head_dim: int = attrs.field()
     causal: bool = False
     cross: bool = False
+    decoder: bool = False
     bias: bool = False
     max_len: int = 1024
     dropout: float = 0.0

@@ -85,7 +85,7 @@ def decoder(
     ctx: BuildContext, n: int, *, attn, cross_attn, pe, ffn, norm, block, final_norm: bool, bias: bool = True
 ) -> Decoder:
     """A causal decoder stack of ``n`` blocks; with ``cross_attn`` each attends to a memory."""
-    ctx = ctx.evolve(causal=True, cross=False)
+    ctx = ctx.evolve(causal=True, cross=False, decoder=True)
     return Decoder(
         layers=blocks(
             ctx, n, self_attn=attn, cross_attn=cross_attn, ffn=ffn, norm=norm, block=block, bias=bias
