@@ -45,6 +45,13 @@ class TokenEmbedding(nn.Module):
         return F.embedding(ids, self.weight) * self.scale
 
 
+def auxiliary_loss(model: nn.Module) -> Optional[Tensor]:
+    """Sum of the ``aux_loss`` tensors that parts left after the last forward (MoE load
+    balancing), or None when no part has one. Training adds it to the task loss."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(getattr(m, "aux_loss", None), Tensor)]
+    return torch.stack(losses).sum() if losses else None
+
+
 class EncoderDecoderModel(nn.Module):
     """Source ids and target ids in, next-token logits out (Vaswani et al., 2017).
 
@@ -154,6 +161,10 @@ class EncoderDecoderModel(nn.Module):
             length_penalty=length_penalty,
         )
 
+    def aux_loss(self) -> Optional[Tensor]:
+        """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
+        return auxiliary_loss(self)
+
     def _padding(self, ids: Tensor, given: Optional[Tensor]) -> Optional[Tensor]:
         if given is not None or self.pad_id is None:
             return given
@@ -202,6 +213,10 @@ class LanguageModel(nn.Module):
             left_padding=left_padding,
         )
         return self.lm_head(hidden)
+
+    def aux_loss(self) -> Optional[Tensor]:
+        """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
+        return auxiliary_loss(self)
 
     @torch.no_grad()
     def generate(

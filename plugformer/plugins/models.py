@@ -29,8 +29,12 @@ from plugformer.core.stack import Decoder, Encoder, Seq2SeqStack
 from plugformer.hooks import hookimpl
 
 
-def attention(ctx: BuildContext, kernel: PartFactory, *, bias: bool = True) -> MultiHeadAttention:
-    """Multi-head projections around the kernel built by ``kernel`` for ``ctx``."""
+def attention(
+    ctx: BuildContext, kernel: PartFactory, *, bias: bool = True, qk_norm: Optional[PartFactory] = None
+) -> MultiHeadAttention:
+    """Multi-head projections around the kernel built by ``kernel`` for ``ctx``; with
+    ``qk_norm``, queries and keys are normalised per head (over head_dim) before attention."""
+    head_ctx = ctx.evolve(d_model=ctx.head_dim, heads=1, kv_heads=1)
     return MultiHeadAttention(
         d_model=ctx.d_model,
         heads=ctx.heads,
@@ -38,6 +42,8 @@ def attention(ctx: BuildContext, kernel: PartFactory, *, bias: bool = True) -> M
         head_dim=ctx.head_dim,
         kernel=kernel(ctx),
         bias=bias,
+        q_norm=qk_norm(head_ctx) if qk_norm else None,
+        k_norm=qk_norm(head_ctx) if qk_norm else None,
         **ctx.factory_kwargs,
     )
 
@@ -52,16 +58,20 @@ def blocks(
     block: PartFactory,
     cross_attn: Optional[PartFactory] = None,
     bias: bool = True,
+    qk_norm: Optional[PartFactory] = None,
 ) -> list[Block]:
-    """``n`` blocks; layer i is built with ``ctx.layer == i`` so per-layer parts can differ."""
+    """``n`` blocks; layer i is built with ``ctx.layer == i`` so per-layer parts can differ.
+
+    Cross-attention gets no positional hooks (``bias=False`` in its context)."""
     layers = []
     for i in range(n):
         layer_ctx = ctx.evolve(layer=i, layers=n)
+        cross_ctx = layer_ctx.evolve(causal=False, cross=True, bias=False)
         parts = BlockParts(
-            self_attn=attention(layer_ctx, self_attn, bias=bias),
+            self_attn=attention(layer_ctx, self_attn, bias=bias, qk_norm=qk_norm),
             cross_attn=None
             if cross_attn is None
-            else attention(layer_ctx.evolve(causal=False, cross=True), cross_attn, bias=bias),
+            else attention(cross_ctx, cross_attn, bias=bias, qk_norm=qk_norm),
             ffn=ffn(layer_ctx),
             norm=lambda c=layer_ctx: norm(c),
             dropout=ctx.dropout,
@@ -70,28 +80,40 @@ def blocks(
     return layers
 
 
-def encoder(ctx: BuildContext, n: int, *, attn, pe, ffn, norm, block, final_norm: bool, bias: bool = True) -> Encoder:
+def encoder(
+    ctx: BuildContext, n: int, *, attn, pe, ffn, norm, block, final_norm: bool, bias: bool = True,
+    qk_norm: Optional[PartFactory] = None,
+) -> Encoder:
     """A bidirectional encoder stack of ``n`` blocks."""
     ctx = ctx.evolve(causal=False, cross=False)
+    positional = pe(ctx)
+    layers = blocks(
+        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, ffn=ffn, norm=norm, block=block,
+        bias=bias, qk_norm=qk_norm,
+    )
     return Encoder(
-        layers=blocks(ctx, n, self_attn=attn, ffn=ffn, norm=norm, block=block, bias=bias),
+        layers=layers,
         norm=norm(ctx) if final_norm else None,
-        positional=pe(ctx),
+        positional=positional,
         dropout=ctx.dropout,
     )
 
 
 def decoder(
-    ctx: BuildContext, n: int, *, attn, cross_attn, pe, ffn, norm, block, final_norm: bool, bias: bool = True
+    ctx: BuildContext, n: int, *, attn, cross_attn, pe, ffn, norm, block, final_norm: bool,
+    bias: bool = True, qk_norm: Optional[PartFactory] = None,
 ) -> Decoder:
     """A causal decoder stack of ``n`` blocks; with ``cross_attn`` each attends to a memory."""
     ctx = ctx.evolve(causal=True, cross=False, decoder=True)
+    positional = pe(ctx)
+    layers = blocks(
+        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, cross_attn=cross_attn, ffn=ffn,
+        norm=norm, block=block, bias=bias, qk_norm=qk_norm,
+    )
     return Decoder(
-        layers=blocks(
-            ctx, n, self_attn=attn, cross_attn=cross_attn, ffn=ffn, norm=norm, block=block, bias=bias
-        ),
+        layers=layers,
         norm=norm(ctx) if final_norm else None,
-        positional=pe(ctx),
+        positional=positional,
         dropout=ctx.dropout,
     )
 
@@ -163,6 +185,7 @@ def encdec(
     final_norm: bool = True,
     tie_embeddings: bool = False,
     bias: bool = True,
+    qk_norm: Optional[NormPart] = None,
 ) -> EncoderDecoderModel:
     """Encoder-decoder transformer: source and target ids in, next-token logits out.
 
@@ -186,11 +209,12 @@ def encdec(
         tie_embeddings: share target embedding and output projection (and the source embedding
             when the vocabularies are equal).
         bias: biases in the attention projections.
+        qk_norm: a norm applied per head to queries and keys (QK-norm), e.g. rmsnorm; none = off.
     """
     ctx = model_context(ctx, d_model=d_model, heads=heads, kv_heads=kv_heads, max_len=max_len, dropout=dropout)
     src_vocab = _vocab("src_vocab", src_vocab, vocab)
     tgt_vocab = _vocab("tgt_vocab", tgt_vocab, vocab)
-    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, final_norm=final_norm, bias=bias)
+    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm)
     stack = Seq2SeqStack(
         encoder=encoder(ctx, _layers("enc_layers", enc_layers, layers), attn=attn, **common),
         decoder=decoder(
@@ -232,6 +256,7 @@ def lm(
     final_norm: bool = True,
     tie_embeddings: bool = True,
     bias: bool = True,
+    qk_norm: Optional[NormPart] = None,
 ) -> LanguageModel:
     """Decoder-only causal language model: token ids in, next-token logits out (GPT-style).
 
@@ -252,12 +277,13 @@ def lm(
         final_norm: a norm after the last block.
         tie_embeddings: share the token embedding and the output projection.
         bias: biases in the attention projections.
+        qk_norm: a norm applied per head to queries and keys (QK-norm), e.g. rmsnorm; none = off.
     """
     ctx = model_context(ctx, d_model=d_model, heads=heads, kv_heads=kv_heads, max_len=max_len, dropout=dropout)
     vocab = _vocab("vocab", vocab, vocab)
     stack = decoder(
         ctx, _layers("layers", layers, layers), attn=attn, cross_attn=None, pe=pe, ffn=ffn,
-        norm=norm, block=block, final_norm=final_norm, bias=bias,
+        norm=norm, block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm,
     )
     embed = TokenEmbedding(vocab, d_model, scale=False, **ctx.factory_kwargs)
     lm_head = nn.Linear(d_model, vocab, bias=False, **ctx.factory_kwargs)

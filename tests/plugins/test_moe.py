@@ -1,0 +1,172 @@
+"""``moe``: against a token-by-token reference, the plain FFN, and Switch's balancing loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import plugformer
+from plugformer import SpecError, build, build_part
+from plugformer.plugins import gated_ffn as gated_plugin
+from plugformer.plugins import moe as moe_plugin
+from plugformer.plugins.moe import MixtureOfExperts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    """Registers the plugins while they are not built-ins yet (see BUILTIN_PLUGINS)."""
+    loaded = {p.name for p in plugformer.registry.plugins}
+    added = [
+        plugformer.registry.register_plugin(m)
+        for m in (gated_plugin, moe_plugin)
+        if m.__name__ not in loaded
+    ]
+    yield
+    for name in reversed(added):
+        plugformer.registry.unregister_plugin(name)
+
+
+def reference(moe: MixtureOfExperts, x: torch.Tensor, capacity: int | None = None) -> torch.Tensor:
+    """Token by token: softmax router, top-k, weighted sum of the chosen experts. With a
+    capacity, experts take first choices of all tokens in order, then second choices, ..."""
+    flat = x.reshape(-1, x.shape[-1])
+    probs = F.softmax(flat @ moe.router.weight.t(), dim=-1)
+    out = torch.zeros_like(flat)
+    load = [0] * moe.n_experts
+    choices = [probs[t].topk(moe.top_k) for t in range(len(flat))]
+    for slot in range(moe.top_k):
+        for t, (top_probs, top_experts) in enumerate(choices):
+            e = int(top_experts[slot])
+            weight = top_probs[slot] / top_probs.sum() if moe.renormalize else top_probs[slot]
+            if capacity is not None and load[e] >= capacity:
+                continue
+            load[e] += 1
+            out[t] += weight * moe.experts[e](flat[t : t + 1])[0]
+    return out.view_as(x)
+
+
+@pytest.mark.parametrize("expert", ["relu", "gelu", "swiglu"])
+@pytest.mark.parametrize("top_k, renormalize", [(1, True), (2, True), (2, False), (3, True)])
+def test_matches_the_token_by_token_reference(expert, top_k, renormalize):
+    torch.manual_seed(0)
+    moe = build_part(
+        "feedforward",
+        f"moe(n_experts=4, top_k={top_k}, expert={expert}, d_ff=24, renormalize={str(renormalize).lower()})",
+        d_model=16, heads=2,
+    )
+    x = torch.randn(3, 7, 16)
+    torch.testing.assert_close(moe(x), reference(moe, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "expert, plain", [("relu", "relu(d_ff=32, bias=false)"), ("swiglu", "swiglu(d_ff=32)")]
+)
+def test_one_expert_top_1_equals_the_plain_ffn(expert, plain):
+    torch.manual_seed(1)
+    spec = f"moe(n_experts=1, top_k=1, expert={expert}, d_ff=32)"
+    moe = build_part("feedforward", spec, d_model=16, heads=2)
+    ffn = build_part("feedforward", plain, d_model=16, heads=2)
+    ffn.load_state_dict(moe.experts[0].state_dict())
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(moe(x), ffn(x))
+
+
+def test_every_assignment_reaches_an_existing_expert():
+    torch.manual_seed(2)
+    moe = build_part("feedforward", "moe(n_experts=8, top_k=2)", d_model=16, heads=2)
+    x = torch.randn(4, 10, 16)
+    _, chosen, _ = moe.route(x.reshape(-1, 16))
+    assert chosen.min() >= 0 and chosen.max() < 8
+    moe(x)
+    assert moe.last_tokens_per_expert.shape == (8,)
+    assert moe.last_tokens_per_expert.sum() == 40 * 2
+    assert torch.equal(moe.last_tokens_per_expert, torch.bincount(chosen.flatten(), minlength=8))
+    assert moe.last_dropped == 0
+
+
+def test_aux_loss_is_one_for_a_uniform_router():
+    torch.manual_seed(3)
+    moe = build_part("feedforward", "moe(n_experts=4, top_k=2)", d_model=16, heads=2)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+    moe(torch.randn(2, 8, 16))
+    assert moe.aux_loss.dim() == 0
+    torch.testing.assert_close(moe.aux_loss, torch.tensor(1.0))
+
+
+def test_aux_loss_is_n_experts_when_one_expert_takes_everything():
+    moe = build_part("feedforward", "moe(n_experts=4, top_k=1)", d_model=4, heads=1)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[2, 0] = 100.0
+    moe(torch.ones(1, 6, 4))
+    torch.testing.assert_close(moe.aux_loss, torch.tensor(4.0), atol=1e-4, rtol=0)
+    assert moe.last_tokens_per_expert.tolist() == [0, 0, 6, 0]
+
+
+def test_aux_loss_is_switchs_formula_and_trains_the_router():
+    torch.manual_seed(4)
+    moe = build_part("feedforward", "moe(n_experts=4, top_k=2)", d_model=8, heads=1)
+    x = torch.randn(3, 5, 8)
+    moe(x)
+    probs = F.softmax(x.reshape(-1, 8) @ moe.router.weight.t(), -1)
+    share = torch.bincount(probs.topk(2).indices.flatten(), minlength=4) / (15 * 2)
+    torch.testing.assert_close(moe.aux_loss, 4 * (share * probs.mean(0)).sum())
+    moe.aux_loss.backward()
+    assert moe.router.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 1.25])
+def test_capacity_drops_in_the_documented_order(capacity_factor):
+    torch.manual_seed(5)
+    moe = build_part(
+        "feedforward", f"moe(n_experts=4, top_k=2, expert=relu, d_ff=16, capacity_factor={capacity_factor})",
+        d_model=8, heads=1,
+    )
+    with torch.no_grad():
+        moe.router.weight[0] += 1.0  # crowd expert 0
+    x = torch.randn(2, 12, 8).abs()
+    capacity = math.ceil(capacity_factor * 24 * 2 / 4)
+    torch.testing.assert_close(moe(x), reference(moe, x, capacity), atol=1e-5, rtol=1e-5)
+    over = (moe.last_tokens_per_expert - capacity).clamp(min=0).sum()
+    assert moe.last_dropped == over
+
+
+def test_gradients_reach_router_and_experts():
+    torch.manual_seed(6)
+    moe = build_part("feedforward", "moe(n_experts=4, top_k=2)", d_model=16, heads=2)
+    moe(torch.randn(4, 16, 16)).pow(2).sum().backward()
+    assert moe.router.weight.grad.abs().sum() > 0
+    used = moe.last_tokens_per_expert > 0
+    for expert, is_used in zip(moe.experts, used):
+        assert (expert.down_proj.weight.grad is not None) == bool(is_used)
+
+
+def test_factory_checks_arguments():
+    with pytest.raises(SpecError, match="top_k"):
+        build_part("feedforward", "moe(n_experts=2, top_k=3)", d_model=8, heads=1)
+    with pytest.raises(SpecError, match="capacity_factor"):
+        build_part("feedforward", "moe(capacity_factor=0.0)", d_model=8, heads=1)
+    with pytest.raises(SpecError, match="expert"):
+        build_part("feedforward", "moe(expert=tanh)", d_model=8, heads=1)
+
+
+def test_in_a_model_trains_with_the_aux_loss():
+    torch.manual_seed(7)
+    model = build("gpt_tiny(ffn=moe(n_experts=4, d_ff=64), layers=1, vocab=64)")
+    ids = torch.randint(0, 64, (4, 12))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        aux = sum(m.aux_loss for m in model.modules() if isinstance(m, MixtureOfExperts))
+        optimizer.zero_grad()
+        (loss + 0.01 * aux).backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+    described = plugformer.registry.describe("feedforward", "moe")
+    assert described.args[0].name == "n_experts" and described.args[0].default == 8
