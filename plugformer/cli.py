@@ -250,6 +250,27 @@ def _token_ids(text: str) -> list[int]:
     return ids
 
 
+def _register_external(name: str, help: str, module: str, arguments: str, handler: str) -> None:
+    """A subcommand whose options and handler live in another module, imported when it runs."""
+    import importlib
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), handler)(args)
+
+    options = getattr(importlib.import_module(module), arguments)
+    COMMANDS[name] = Command(name=name, help=help, handler=run, arguments=tuple(options))
+
+
+_register_external(
+    "compare", "Compare variants on a task: parameters, FLOPs, time, memory, accuracy.",
+    "plugformer.compare.cli", "ARGUMENTS", "run_compare_command",
+)
+_register_external(
+    "train", "Train a model: one process, or DDP / FSDP2 under torchrun.",
+    "plugformer.train.cli", "ARGUMENTS", "run_train_command",
+)
+
+
 def find_kind(registry: Registry, name: str) -> str:
     """The kind of the one part called ``name``; an error if none or several kinds have one."""
     parts = registry.list()

@@ -236,6 +236,8 @@ def _convert(value: Any, tp: Any) -> Any:
             "one of " + ", ".join(repr(o) for o in options), f"did you mean {close[0]!r}?" if close else None
         )
     if _is_list_type(tp):
+        if isinstance(value, (list, tuple)):  # a default written in Python
+            value = PerLayer(value)
         if not isinstance(value, PerLayer):
             raise _Mismatch(f"a list [...] ({_type_text(tp)})")
         (item_type,) = typing.get_args(tp)[:1] or (Any,)
