@@ -29,6 +29,8 @@ _BACKENDS = {
     "math": SDPBackend.MATH,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
+#: How SDPA says that a pinned backend cannot run (older and newer torch wordings).
+_NO_KERNEL = ("No available kernel", "No viable backend")
 
 
 class FusedAttention(AttentionKernel):
@@ -91,7 +93,7 @@ class FusedAttention(AttentionKernel):
             with pinned:
                 return F.scaled_dot_product_attention(q, k, v, scale=self.scale, **kwargs)
         except RuntimeError as err:
-            if self.backend == "auto" or "No available kernel" not in str(err):
+            if self.backend == "auto" or not any(text in str(err) for text in _NO_KERNEL):
                 raise
             raise RuntimeError(
                 f"fused(backend={self.backend!r}) cannot run here (device {q.device.type}, dtype "
