@@ -11,6 +11,7 @@ from typing import Optional
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
@@ -146,14 +147,14 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, Lq, D).
         """
-        q = self.q_norm(self._split(self.q_proj(x), self.heads))  # (B, H, Lq, Dh)
-        source = x if memory is None else memory
         if cache is not None and cache.static and cache.k is not None:
+            q = self.q_norm(self._split(self.q_proj(x), self.heads))  # (B, H, Lq, Dh)
             k, v = cache.k, cache.v
         else:
-            k = self._split(self.k_proj(source), self.kv_heads)  # (B, Hkv, Lk, Dh)
-            v = self._split(self.v_proj(source), self.kv_heads)
-            k = self.k_norm(k)
+            q, k, v = self._project(x, memory)
+            q = self.q_norm(self._split(q, self.heads))  # (B, H, Lq, Dh)
+            k = self.k_norm(self._split(k, self.kv_heads))  # (B, Hkv, Lk, Dh)
+            v = self._split(v, self.kv_heads)
             if positions is not None and positions.encoding.uses_rotate:
                 q_pos = _arange(positions.offset, q.shape[-2], q.device)
                 k_pos = _arange(positions.offset, k.shape[-2], k.device)
@@ -164,9 +165,34 @@ class MultiHeadAttention(nn.Module):
         out = self.kernel(q, k, v, mask=mask, causal=causal, bias=bias)  # (B, H, Lq, Dh)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Lq, H*Dh) -> (B, Lq, D)
 
+    def _project(self, x: Tensor, memory: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v before the head split: (B, Lq, H*Dh), (B, Lk, Hkv*Dh), (B, Lk, Hkv*Dh).
+
+        Projections of the same input run as one matmul (q, k, v in self-attention; k, v in
+        cross-attention), as ``nn.MultiheadAttention``'s packed ``in_proj`` does: 0-7% faster
+        per layer at d_model 512 on 2 CPU cores, most of it in backward. The three outputs are
+        views into one tensor (kernels must not assume they are contiguous).
+        """
+        if memory is None:
+            return _linears(x, self.q_proj, self.k_proj, self.v_proj)
+        return (self.q_proj(x), *_linears(memory, self.k_proj, self.v_proj))
+
     @staticmethod
     def _split(x: Tensor, heads: int) -> Tensor:
         return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, L, H*Dh) -> (B, H, L, Dh)
+
+
+def _linears(x: Tensor, *linears: nn.Module) -> tuple[Tensor, ...]:
+    """Each of ``linears`` applied to ``x``; one matmul over the stacked weights when all are
+    plain ``nn.Linear`` without hooks (anything else, say a LoRA wrapper, is called as is)."""
+    packable = all(
+        type(lin) is nn.Linear and not (lin._forward_hooks or lin._forward_pre_hooks) for lin in linears
+    ) and len({lin.bias is None for lin in linears}) == 1
+    if not packable:
+        return tuple(lin(x) for lin in linears)
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+    return F.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1)
 
 
 def _arange(start: int, n: int, device: torch.device) -> Tensor:

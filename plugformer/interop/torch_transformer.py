@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from plugformer.core.attention import MultiHeadAttention
 from plugformer.core.context import BuildContext
-from plugformer.core.stack import Decoder, Encoder, Seq2SeqStack
+from plugformer.core.stack import Seq2SeqStack
 from plugformer.plugins.blocks import PostLNBlock, PreLNBlock
 from plugformer.plugins.dense import DenseAttention
 from plugformer.plugins.feedforward import FeedForwardNetwork

@@ -61,7 +61,7 @@ def relu(ctx: BuildContext, *, d_ff: Optional[int] = None, bias: bool = True) ->
         d_ff: hidden width; none means 4 * d_model.
         bias: biases in both projections.
     """
-    return _ffn(ctx, nn.ReLU(), d_ff, bias)
+    return _ffn(ctx, nn.ReLU(inplace=True), d_ff, bias)  # in place: up_proj's output is fresh
 
 
 def gelu(ctx: BuildContext, *, d_ff: Optional[int] = None, bias: bool = True) -> FeedForwardNetwork:

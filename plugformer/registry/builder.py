@@ -179,6 +179,8 @@ class _Resolver:
         if value is None:
             if optional:
                 return None
+            if (kind, "none") in self.registry:  # `pe=none` reads as the value none: the part
+                return self.call(Spec("none"), kind)
             raise owner.error(f"{where} needs a {kind} part, got none", key)
         if isinstance(value, str):
             value = parse(value)

@@ -148,3 +148,8 @@ def test_resolve_check_runs_before_any_real_tensor(monkeypatch):
 def test_non_spec_input_is_a_type_error():
     with pytest.raises(TypeError, match="a spec is a string or a Spec"):
         build(42)
+
+
+def test_none_in_a_part_slot_is_the_part_named_none():
+    assert resolve("transformer_tiny(pe=none)").kwargs["pe"].name == "none"
+    assert resolve("transformer_tiny(self_attn=none)").kwargs["self_attn"] is None  # optional slot
