@@ -1,0 +1,184 @@
+"""Routing of bi-level routing attention: which key regions each query attends.
+
+Keys are cut into regions of ``region`` consecutive tokens from key position 0; the last region
+may be partial. Padding (the tail of a partial region, and keys a key-padding mask blocks) never
+enters a region mean, and a region with no real key is never chosen.
+
+Two routings, both detached (the choice is not differentiated, as in BiFormer and MoBA):
+
+* ``region`` (BiFormer, bidirectional): queries are cut into regions the same way; the mean query
+  of each query region is scored against the mean key of every key region, summed over heads, and
+  the ``topk`` best key regions are kept for every query of the region. Nothing forces a query
+  region to choose its own key region.
+* ``token`` (MoBA): every query scores its q against each region's mean key, each query head
+  against its key/value head, summed over the heads, so one routing per token serves all heads
+  (MoBA gates per head; one choice keeps one gather for all heads). Causal: the
+  candidates are the regions entirely before the query's own region, the own region is always
+  chosen (it counts towards ``topk``) and a token-level causal mask applies inside it; nothing
+  the query may not see enters its choice, so it leaks no future token. Not causal: the ``topk``
+  best of all regions.
+
+``route`` returns region indices, -1 marking an empty slot (fewer regions than ``topk`` to
+choose from):
+
+* region routing: (B, n_q_regions, S), ``n_q_regions = ceil(Lq / region)``;
+* token routing: (B, Lq, S); causal: slot 0 is the query's own region;
+
+with ``S = min(topk, ceil(Lk / region))``, the other slots ordered by decreasing score.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Routing = Literal["region", "token", "auto"]
+ROUTINGS = ("region", "token", "auto")
+
+
+def resolve_routing(routing: str, causal: bool) -> str:
+    """``auto`` -> ``token`` when causal, else ``region``; refuses causal region routing."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}; got {routing!r}")
+    if routing == "auto":
+        return "token" if causal else "region"
+    if routing == "region" and causal:
+        raise ValueError(
+            "routing='region' cannot be causal: a region's mean query contains the region's later "
+            "tokens, so the routing would leak the future; use routing='token' (or 'auto')"
+        )
+    return routing
+
+
+def n_regions(length: int, region: int) -> int:
+    """Number of regions of ``region`` tokens that cover ``length`` tokens (the last may be partial)."""
+    return math.ceil(length / region)
+
+
+def region_means(x: Tensor, valid: Optional[Tensor], region: int) -> tuple[Tensor, Tensor]:
+    """Mean of ``x`` over the real tokens of each region.
+
+    Args:
+        x: (B, Hx, L, Dh).
+        valid: (B, L) bool, True = a real token; None = all real. The padded tail is never real.
+        region: tokens per region.
+
+    Returns:
+        means (B, Hx, n, Dh), zero for a region without real tokens, and counts (B, n) of real
+        tokens per region.
+    """
+    b, hx, length, dh = x.shape
+    n = n_regions(length, region)
+    pad = n * region - length
+    if valid is None and pad == 0:
+        return x.reshape(b, hx, n, region, dh).mean(3), x.new_full((b, n), float(region))
+    weight = x.new_ones(b, length) if valid is None else valid.to(x.dtype)
+    weight = F.pad(weight, (0, pad)).view(b, n, region)
+    blocks = F.pad(x, (0, 0, 0, pad)).view(b, hx, n, region, dh)
+    sums = torch.einsum("bhnrd,bnr->bhnd", blocks, weight)
+    counts = weight.sum(-1)
+    return sums / counts.clamp_min(1)[:, None, :, None], counts
+
+
+def route(
+    q: Tensor,
+    k: Tensor,
+    *,
+    region: int,
+    topk: int,
+    causal: bool = False,
+    routing: Routing = "auto",
+    key_mask: Optional[Tensor] = None,
+    query_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """The key regions each query (region) attends; see the module docstring for the layout.
+
+    Args:
+        q: (B, H, Lq, Dh) queries; with ``causal`` query i sits at position Lk - Lq + i.
+        k: (B, Hkv, Lk, Dh) keys, ``H % Hkv == 0``.
+        region: tokens per region.
+        topk: regions per query, the own region included for causal token routing.
+        causal: bottom-right causal attention (token routing only).
+        routing: ``region``, ``token`` or ``auto`` (token when causal, else region).
+        key_mask: (B, Lk) bool, True = a real key (the library's True = may attend); padded keys
+            are left out of the region means.
+        query_mask: (B, Lq) bool, True = a real query; padded queries are left out of the
+            query-region means (region routing only).
+
+    Returns:
+        long tensor, region routing (B, ceil(Lq / region), S), token routing (B, Lq, S), with
+        S = min(topk, ceil(Lk / region)) and -1 in empty slots.
+    """
+    kind = resolve_routing(routing, causal)
+    b, h, lq, _ = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    nk = n_regions(lk, region)
+    slots = min(topk, nk)
+    with torch.no_grad():
+        q, k = _routing_precision(q), _routing_precision(k)
+        k_means, k_counts = region_means(k, key_mask, region)  # (B, Hkv, nk, Dh)
+        empty = None if key_mask is None else (k_counts == 0)[:, None, :]  # (B, 1, nk)
+        if kind == "region":
+            q_means, _ = region_means(q, query_mask, region)  # (B, H, nq, Dh)
+            affinity = torch.einsum("bhqd,bhkd->bqk", _sum_groups(q_means, hkv), k_means)
+            return _top(_exclude(affinity, empty), slots)
+        gate = _exclude(torch.einsum("bhld,bhnd->bln", _sum_groups(q, hkv), k_means), empty)  # (B, Lq, nk)
+        if not causal:
+            return _top(gate, slots)
+        position = torch.arange(lk - lq, lk, device=q.device)
+        own = torch.where(position >= 0, position.div(region, rounding_mode="floor"), -1)  # (Lq,)
+        not_before = torch.arange(nk, device=q.device)[None, :] >= own[:, None]  # (Lq, nk)
+        others = _top(gate.masked_fill(not_before, -math.inf), slots - 1)  # (B, Lq, S - 1)
+        return torch.cat([own.expand(b, lq)[..., None], others], dim=-1)
+
+
+def _routing_precision(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _sum_groups(q: Tensor, kv_heads: int) -> Tensor:
+    """(B, H, L, Dh) -> (B, Hkv, L, Dh): the sum over the query heads sharing each key/value head."""
+    b, h, length, dh = q.shape
+    return q if h == kv_heads else q.reshape(b, kv_heads, h // kv_heads, length, dh).sum(2)
+
+
+def _exclude(scores: Tensor, empty: Optional[Tensor]) -> Tensor:
+    return scores if empty is None else scores.masked_fill(empty, -math.inf)
+
+
+def _top(scores: Tensor, n: int) -> Tensor:
+    """Indices of the ``n`` best scores along the last dim; -1 where only -inf was left."""
+    values, index = scores.topk(n, dim=-1)
+    return index.masked_fill(values == -math.inf, -1)
+
+
+def route_map(routes: Tensor, *, region: int, lq: int, lk: int, token: bool) -> Tensor:
+    """Share of the queries of each query region that attend each key region, (nq, nk) float.
+
+    Query regions are cut by query position (Lk - Lq + i for token routing, so that a cached
+    decoding step lands in its own region); averaged over the batch. For plots.
+    """
+    nk = n_regions(lk, region)
+    if token:
+        position = torch.arange(lk - lq, lk, device=routes.device).clamp_min(0)
+        query_region = position.div(region, rounding_mode="floor")  # (Lq,)
+        nq = int(query_region.max()) + 1
+        counts = torch.ones_like(query_region).expand(routes.shape[0], lq)
+    else:
+        nq = routes.shape[1]
+        query_region = torch.arange(nq, device=routes.device)
+        counts = torch.full((routes.shape[0], nq), region, device=routes.device)
+        counts[:, -1] = lq - region * (nq - 1)
+    heat = torch.zeros(nq, nk + 1, device=routes.device)
+    chosen = routes.masked_fill(routes < 0, nk)  # empty slots go to a dropped column
+    rows = query_region[None, :, None].expand_as(chosen)
+    weight = counts[:, :, None].expand_as(chosen).to(heat.dtype)
+    heat.index_put_((rows.reshape(-1), chosen.reshape(-1)), weight.reshape(-1), accumulate=True)
+    queries = torch.zeros(nq, device=routes.device).index_add_(
+        0, query_region, counts.sum(0).to(heat.dtype)
+    )
+    return heat[:, :nk] / queries.clamp_min(1)[:, None]
