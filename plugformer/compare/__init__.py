@@ -1,0 +1,41 @@
+"""Compare model variants on a synthetic task: parameters, FLOPs, time, memory and accuracy.
+
+::
+
+    import plugformer
+    result = plugformer.compare("transformer_tiny(attn={dense, fused})", task="copy", steps=300)
+    print(result.table())
+    result.save("results/")
+
+``plugformer.compare`` is both this package and the function: the package is callable and calls
+`compare`, so ``plugformer.compare(...)`` works however it was first imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from typing import Any
+
+from plugformer.compare.flops import count_flops
+from plugformer.compare.result import Comparison, EvalResult, VariantResult
+from plugformer.compare.runner import CompareError, Progress, compare, make_task
+from plugformer.compare.task import IGNORE_INDEX, Example, LMBatch, Seq2SeqBatch, Task
+
+__all__ = [
+    "IGNORE_INDEX", "CompareError", "Comparison", "EvalResult", "Example", "LMBatch", "Progress",
+    "Seq2SeqBatch", "Task", "VariantResult", "compare", "count_flops", "make_task",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as `compare`: importing ``plugformer.compare`` (the package) sets
+    the attribute ``compare`` of ``plugformer``, which would otherwise hide the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Comparison:
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+__signature__ = inspect.signature(compare)

@@ -1,0 +1,48 @@
+"""The comparison figure: loss curves beside a cost-versus-accuracy scatter."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plugformer.compare.result import Comparison
+
+
+def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected so the curve starts at the first value."""
+    out, average = [], 0.0
+    for step, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**step))
+    return out
+
+
+def draw(comparison: "Comparison", plt: Any) -> Any:
+    """A matplotlib figure of ``comparison`` (``plt`` is ``matplotlib.pyplot``, Agg backend)."""
+    figure, (curves, scatter) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    metric = comparison.primary_metric.replace("_", " ")
+    length = comparison.lengths[0] if comparison.lengths else None
+    for row in comparison.rows:
+        colour = colours[row.index % len(colours)]
+        losses = [value for value in row.losses if value == value and value > 0]
+        if losses:
+            label = row.label if row.ok else f"{row.label} (failed)"
+            curves.plot(range(1, len(losses) + 1), _smooth(losses), color=colour, label=label,
+                        linewidth=1.2)
+        scores = row.eval_at(length) if length is not None else None
+        if row.ok and scores is not None and row.time_fwd_bwd_s is not None:
+            x, y = row.time_fwd_bwd_s * 1e3, 100 * getattr(scores, comparison.primary_metric)
+            scatter.scatter([x], [y], color=colour, s=50, alpha=0.8, label=row.label)
+    curves.set_yscale("log")
+    curves.set_xlabel("step")
+    curves.set_ylabel("training loss (smoothed)")
+    curves.set_title(f"{comparison.task}")
+    if curves.has_data():
+        curves.legend(fontsize=7)
+    scatter.set_xlabel("forward+backward time per batch (ms)")
+    scatter.set_ylabel(f"{metric} at length {length} (%)")
+    scatter.set_title("cost vs accuracy (colours as on the left)")
+    scatter.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
