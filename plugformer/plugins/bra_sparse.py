@@ -76,7 +76,9 @@ def tiled_attention(
             rows, k_blocks, v_blocks, bias, tiles.rows, tiles.blocks, blocked, live, scale, dropout
         )
     else:
-        out = _RegionAttention.apply(rows, k_blocks, v_blocks, bias, tiles.blocks, blocked, live, scale, dropout)
+        out = _RegionAttention.apply(
+            rows, k_blocks, v_blocks, bias, tiles.blocks, blocked, live, scale, dropout
+        )
     return out.view(b, -1, h, dh)[:, :lq].transpose(1, 2).to(q.dtype)
 
 
@@ -231,7 +233,9 @@ def _block_major(x: Tensor, k: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1, 4)
 
 
-def _scores(q: Tensor, k: Tensor, scale: float, bias: Optional[Tensor], blocked: Optional[Tensor], part: slice):
+def _scores(
+    q: Tensor, k: Tensor, scale: float, bias: Optional[Tensor], blocked: Optional[Tensor], part: slice
+) -> Tensor:
     """scale * q (tc*Hkv, G*C, Dh) @ k (tc*Hkv, S*R, Dh)^T [+ bias], blocked cells at the lowest
     float: (tc*Hkv, G*C, S*R)."""
     scores = _scaled_bmm(q, k.transpose(1, 2), scale)
