@@ -4,7 +4,7 @@ Three variants of the same small encoder-decoder train on the same batches from 
 the table shows what each costs (parameters, FLOPs, time, memory) and what it learns (exact
 match at the training length and at a longer one)::
 
-    python examples/compare_from_python.py               # about a minute on two CPU cores
+    python examples/compare_from_python.py               # about two minutes on two CPU cores
     python examples/compare_from_python.py --fast        # a few seconds: a smoke test
     python examples/compare_from_python.py --out results # also write table, CSV, JSON, PNG
 """

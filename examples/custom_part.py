@@ -6,7 +6,7 @@ Practices for Sigmoid Self-Attention"): each key's weight is an independent
 One decorator makes it a part like any other: ``attn=sigmoid`` now works in every spec, in
 ``plugformer list`` and in ``compare``::
 
-    python examples/custom_part.py          # about a minute on two CPU cores
+    python examples/custom_part.py          # one to two minutes on two CPU cores
     python examples/custom_part.py --fast   # a few seconds: a smoke test
 """
 

@@ -170,8 +170,8 @@ class Task(ABC):
     """A synthetic task: examples from a seed, laid out for the model kinds it serves.
 
     Subclasses set ``name``, ``kinds`` and ``primary_metric`` (``"exact_match"`` or
-    ``"accuracy"``), implement `sample` (random examples of one length) and `max_len`, and
-    override `lm_batch` to serve ``lm`` models.
+    ``"accuracy"``), implement `vocab_size`, `max_len_at` and `sample` (random examples of one
+    length), and override `lm_batch` to serve ``lm`` models.
 
     Args:
         length: the length trained on (its meaning is the task's: tokens, or key-value pairs).
@@ -302,6 +302,6 @@ class Task(ABC):
             if have == count:
                 return Example(torch.cat(sources), torch.cat(answers))
         split = "held-out" if held_out else "training"
-        raise ValueError(f"task {self.name!r} found no {split} examples at length {length} after "
-                         f"{_MAX_REDRAWS} draws: too few distinct sequences; use a larger length "
-                         f"or vocabulary")
+        raise ValueError(f"task {self.name!r} has too few {split} examples at length {length}: "
+                         f"{have} of {count} after {_MAX_REDRAWS} draws; use a larger length or "
+                         f"vocabulary")

@@ -135,7 +135,7 @@ def test_bad_arguments(make, message):
 def test_a_space_with_one_example_says_which_split_is_empty():
     task = copy(length=1, vocab=1)  # the only source is [3]
     held_out = int(split_of(torch.tensor([[task.first_token]]))) == 0
-    with pytest.raises(ValueError, match="no training examples" if held_out else "no held-out examples"):
+    with pytest.raises(ValueError, match="too few training examples" if held_out else "too few held-out examples"):
         task.eval_batches(1, "encdec") if not held_out else task.batch(0, 4, kind="encdec")
 
 
