@@ -240,6 +240,49 @@ def generate_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("routes")
+@argument("model", metavar="MODEL", help="a model spec using attn=bra(...), or a checkpoint from plugformer.save")
+@argument("--length", "-L", type=int, default=256, help="tokens per input sequence (default 256)")
+@argument("--input", "-i", default=None, help="token ids, comma-separated, instead of random ones")
+@argument("--seed", type=int, default=0, help="seed of the random model weights and inputs")
+@argument("--regions", type=int, default=None, help="draw at most this many regions per axis")
+@argument("--out", "-o", default="routes.png", help="the PNG to write (default routes.png)")
+def draw_routes(args: argparse.Namespace) -> int:
+    """Draw which key regions each query region of every bra layer picked, as a PNG heat map."""
+    import torch
+
+    from plugformer.plugins.routes_plot import plot_routes, record_routes
+
+    torch.manual_seed(args.seed)
+    model = _model_from(args.model, args.registry).eval()
+    vocab = model.lm_head.out_features
+    if args.input is not None:
+        ids = torch.tensor([_token_ids(args.input)])
+    elif args.length < 1:
+        raise ValueError(f"--length must be at least 1, got {args.length}")
+    else:
+        ids = torch.randint(0, vocab, (1, args.length))
+    if int(ids.max()) >= vocab:
+        raise ValueError(f"--input holds token id {int(ids.max())}, but the model's vocab is {vocab}")
+    with torch.no_grad(), record_routes(model) as routes:
+        model(ids) if model.kind == "lm" else model(ids, ids)
+    path = plot_routes(routes, args.out, n_regions=args.regions)
+    print(f"routes of {len(routes)} bra layers written to {path}")
+    return 0
+
+
+def _model_from(text: str, registry: Registry) -> "torch.nn.Module":
+    """A saved model when ``text`` is an existing file, else the model a spec builds."""
+    from pathlib import Path
+
+    from plugformer.io import load
+    from plugformer.registry.builder import build
+
+    if Path(text).is_file():
+        return load(text, registry=registry)
+    return build(text, registry=registry)
+
+
 def _token_ids(text: str) -> list[int]:
     try:
         ids = [int(piece) for piece in text.replace(" ", "").split(",") if piece]

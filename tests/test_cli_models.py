@@ -44,3 +44,25 @@ def test_generate_rejects_bad_input(tmp_path, capsys):
     path = plugformer.save(model, tmp_path / "m.safetensors")
     assert main(["generate", str(path), "-i", "3,x"]) == 2
     assert "comma-separated token ids" in capsys.readouterr().err
+
+
+def test_routes_draws_every_bra_layer_of_a_spec_or_checkpoint(tmp_path, capsys):
+    spec = "gpt_tiny(attn=bra(region=8, topk=2), vocab=40)"
+    assert main(["routes", spec, "-L", "50", "-o", str(tmp_path / "spec.png")]) == 0
+    assert "routes of 2 bra layers" in capsys.readouterr().out
+    assert (tmp_path / "spec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model = plugformer.build("transformer_tiny(attn=bra(region=4, topk=1))", vocab=20)
+    path = plugformer.save(model, tmp_path / "encdec.safetensors")
+    out = tmp_path / "ckpt.png"
+    assert main(["routes", str(path), "-i", "1,2,3,4,5,6,7,8,9", "-o", str(out), "--regions", "2"]) == 0
+    assert "routes of 6 bra layers" in capsys.readouterr().out  # enc self, dec self, dec cross x 2
+    assert out.exists()
+
+
+def test_routes_errors_name_the_problem(tmp_path, capsys):
+    assert main(["routes", "transformer_tiny", "-o", str(tmp_path / "x.png")]) == 2
+    assert "no bra attention kernel" in capsys.readouterr().err
+    assert main(["routes", "gpt_tiny(attn=bra(region=4, topk=1), vocab=10)", "-i", "3,12"]) == 2
+    err = capsys.readouterr().err
+    assert "token id 12" in err and "vocab is 10" in err

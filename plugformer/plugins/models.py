@@ -285,7 +285,10 @@ def lm(
         ctx, _layers("layers", layers, layers), attn=attn, cross_attn=None, pe=pe, ffn=ffn,
         norm=norm, block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm,
     )
-    embed = TokenEmbedding(vocab, d_model, scale=False, **ctx.factory_kwargs)
+    # N(0, 1/d) scaled by sqrt(d), as in encdec: unit-scale inputs next to default-initialised
+    # blocks, and a tied head whose logits start near unit scale. With GPT-2's N(0, 0.02^2) and
+    # no scale, the embeddings drown under the blocks and MQAR stays on its ln(8) plateau.
+    embed = TokenEmbedding(vocab, d_model, scale=True, **ctx.factory_kwargs)
     lm_head = nn.Linear(d_model, vocab, bias=False, **ctx.factory_kwargs)
     if tie_embeddings:
         lm_head.weight = embed.weight

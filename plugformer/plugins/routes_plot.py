@@ -30,7 +30,7 @@ def record_routes(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     routes: dict[str, Tensor] = {}
     kernels = {name: m for name, m in model.named_modules() if isinstance(m, BiLevelRoutingAttention)}
     if not kernels:
-        raise ValueError("record_routes: the model has no bra attention kernel")
+        raise ValueError("the model has no bra attention kernel to record; build it with attn=bra(...)")
 
     def keeper(name: str):
         def hook(module: BiLevelRoutingAttention, args, output) -> None:
@@ -72,7 +72,7 @@ def plot_routes(routes: dict[str, Tensor], path: str | Path, *, n_regions: Optio
     path = Path(path)
     columns = min(4, len(routes))
     rows = math.ceil(len(routes) / columns)
-    figure = Figure(figsize=(3.2 * columns, 3.0 * rows))
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(routes) :]:
         ax.axis("off")
@@ -81,7 +81,7 @@ def plot_routes(routes: dict[str, Tensor], path: str | Path, *, n_regions: Optio
         if n_regions is not None:
             heat = heat[:n_regions, :n_regions]
         image = ax.imshow(heat.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
-        ax.set_title(name or "bra", fontsize=8)
+        ax.set_title(_short_name(name), fontsize=8)
         ax.set_xlabel("key region", fontsize=8)
         ax.set_ylabel("query region", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -89,3 +89,9 @@ def plot_routes(routes: dict[str, Tensor], path: str | Path, *, n_regions: Optio
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
+
+
+def _short_name(module_name: str) -> str:
+    """'stack.decoder.layers.0.cross_attn.kernel' -> 'decoder.0.cross_attn'."""
+    name = module_name.removeprefix("stack.").removesuffix(".kernel").replace("layers.", "")
+    return name or "bra"
