@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plugformer.plugins.bra_routing import n_regions
+from plugformer.plugins.bra_routing import chosen_regions, n_regions
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -49,9 +49,7 @@ def block_mask(
     b = routes.shape[0]
     device = routes.device
     nk, nq = n_regions(lk, region), n_regions(lq, region)
-    chosen = torch.zeros(*routes.shape[:2], nk + 1, dtype=torch.bool, device=device)
-    chosen.scatter_(2, routes.masked_fill(routes < 0, nk), True)
-    chosen = chosen[..., :nk]  # (B, nq or Lq, nk): may query (region) attend key region
+    chosen = chosen_regions(routes, nk)  # (B, nq or Lq, nk): may query (region) attend key region
     if token:
         chosen = F.pad(chosen, (0, 0, 0, nq * region - lq), value=False)  # (B, nq*R, nk)
         blocks = chosen.view(b, nq, region, nk).any(2)  # (B, nq, nk)

@@ -182,3 +182,44 @@ def route_map(routes: Tensor, *, region: int, lq: int, lk: int, token: bool) -> 
         0, query_region, counts.sum(0).to(heat.dtype)
     )
     return heat[:, :nk] / queries.clamp_min(1)[:, None]
+
+
+def chosen_regions(routes: Tensor, nk: int) -> Tensor:
+    """Routes (B, rows, S), -1 = empty slot -> (B, rows, nk) bool: whether the row chose key region j."""
+    chosen = torch.zeros(*routes.shape[:2], nk + 1, dtype=torch.bool, device=routes.device)
+    chosen.scatter_(2, routes.masked_fill(routes < 0, nk), True)  # empty slots go to a dropped column
+    return chosen[..., :nk]
+
+
+def routed_mask(
+    routes: Tensor,
+    *,
+    token: bool,
+    lq: int,
+    lk: int,
+    region: int,
+    causal: bool,
+    key_valid: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """The boolean attention mask bi-level routing amounts to, True = attend: a query sees a key
+    when its routing chose the key's region, the key is real, and causality and ``mask`` allow it.
+
+    Args:
+        routes: from :func:`route`, (B, nq, S) for region routing, (B, Lq, S) for token routing.
+        token: whether ``routes`` come from token routing.
+        key_valid: (B, Lk), True = real key.
+        mask: general boolean mask broadcastable to (B, H, Lq, Lk).
+
+    Returns:
+        (B, 1, Lq, Lk), or (B, Hm, Lq, Lk) with a per-head ``mask``.
+    """
+    chosen = chosen_regions(routes, n_regions(lk, region))
+    if not token:
+        chosen = chosen.repeat_interleave(region, dim=1)[:, :lq]  # every query of a region alike
+    allowed = chosen.repeat_interleave(region, dim=2)[:, None, :, :lk]  # (B, 1, Lq, Lk)
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(lq, lk, dtype=torch.bool, device=routes.device).tril(lk - lq)
+    return allowed if mask is None else allowed & mask

@@ -13,9 +13,18 @@ import torch.nn.functional as F
 
 from plugformer.core.attention import MultiHeadAttention, repeat_kv
 from plugformer.core.context import BuildContext
+from plugformer.plugins import bra as bra_module
 from plugformer.plugins import bra_flex
 from plugformer.plugins.bra import BiLevelRoutingAttention, bra, route
 from plugformer.plugins.bra_routing import n_regions
+
+
+@pytest.fixture(autouse=True, params=["tiles", "masked"])
+def cpu_path(request, monkeypatch):
+    """Every test runs on both CPU paths: the gathered tiles, and (what short inputs take)
+    every score under the routed mask."""
+    monkeypatch.setattr(bra_module, "DENSE_UP_TO", 0 if request.param == "tiles" else 1 << 30)
+    return request.param
 
 
 def qkv(b=2, h=4, hkv=4, lq=40, lk=None, dh=8, dtype=torch.float64, seed=0):
