@@ -59,15 +59,16 @@ class LearnedPositions(PositionalEncoding):
     Args:
         d_model: embedding width.
         max_len: number of positions with an embedding.
+        std: standard deviation of the N(0, std^2) initialisation.
     """
 
     uses_embed = True
 
-    def __init__(self, *, d_model: int, max_len: int, device=None, dtype=None) -> None:
+    def __init__(self, *, d_model: int, max_len: int, std: float = 0.02, device=None, dtype=None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_len, d_model, device=device, dtype=dtype))
         if not self.weight.is_meta:  # a meta build (spec checking) has no values to initialise
-            nn.init.normal_(self.weight, std=0.02)
+            nn.init.normal_(self.weight, std=std)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
@@ -89,9 +90,20 @@ def sinusoidal(ctx: BuildContext, *, base: float = 10000.0) -> SinusoidalPositio
     return SinusoidalPositions(d_model=ctx.d_model, max_len=ctx.max_len, base=base, device=ctx.device)
 
 
-def learned(ctx: BuildContext) -> LearnedPositions:
-    """Trained absolute position embeddings, one per position up to max_len."""
-    return LearnedPositions(d_model=ctx.d_model, max_len=ctx.max_len, **ctx.factory_kwargs)
+def learned(ctx: BuildContext, *, std: float = 0.02) -> LearnedPositions:
+    """Trained absolute position embeddings, one per position up to max_len.
+
+    Args:
+        std: initial scale, N(0, std^2). 0.02 as GPT-2 and BERT: small next to the unit-scale
+            token embeddings, so content leads and positions grow as training needs them. This
+            suits gpt_tiny on MQAR (100% on 3 of 3 seeds, against 2 of 3 with 0.5). Tasks that
+            are all position, like copy in an encoder-decoder, learn much faster from a larger
+            start: transformer_tiny on copy(length=16), 300 steps, reaches 100% exact match
+            with std=0.5 and under 20% with 0.02.
+    """
+    if not std > 0:
+        raise ValueError(f"learned std must be > 0, got {std}")
+    return LearnedPositions(d_model=ctx.d_model, max_len=ctx.max_len, std=std, **ctx.factory_kwargs)
 
 
 def none(ctx: BuildContext) -> PositionalEncoding:

@@ -8,6 +8,7 @@ import torch
 
 import plugformer
 from plugformer.plugins.positional import sinusoidal_table
+from plugformer.registry.spec import SpecError
 
 
 def formula(pos: int, j: int, d: int, base: float = 10000.0) -> float:
@@ -62,6 +63,15 @@ def test_learned_adds_one_trained_vector_per_position():
     (table,) = pe.parameters()  # (max_len, D)
     assert table.shape == (16, 8)
     assert torch.equal(pe.embed(x, torch.arange(2, 6)), x + table[2:6])
+
+
+def test_learned_std_sets_the_initial_scale():
+    torch.manual_seed(0)
+    for std in (0.02, 0.5):
+        (table,) = plugformer.build(f"transformer_tiny(pe=learned(std={std}))").stack.encoder.pe.parameters()
+        assert abs(table.std().item() - std) < 0.05 * std  # 256 x 64 draws
+    with pytest.raises(SpecError, match="learned std must be > 0, got -1"):
+        plugformer.build("transformer_tiny(pe=learned(std=-1))")
 
 
 def test_learned_beyond_max_len_says_how_to_fix_it():
