@@ -58,6 +58,9 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--device",), {"default": "cpu", "help": "cpu, cuda, cuda:1, ..."}),
     (("--schedule",), {"default": "onecycle", "choices": ["onecycle", "cosine", "constant"],
                        "help": "learning-rate schedule"}),
+    (("--threads",), {"type": int, "default": None,
+                      "help": "CPU threads for torch (default: torch's choice). Models this small "
+                              "often run fastest on 1, and a busy machine hurts more threads"}),
     (("--timing-repeats",), {"type": int, "default": 5, "help": "timed rounds (median reported)"}),
     (("--out", "-o"), {"default": None, "metavar": "DIR",
                        "help": "write table.md, results.csv, results.json, comparison.png here"}),
@@ -157,6 +160,12 @@ def run_compare_command(args: argparse.Namespace) -> int:
             settings[key] = getattr(args, key)
     eval_lengths = parse_lengths(args.eval_lengths)
     out = _check_writable(args.out) if args.out else None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     with _Bars() as bars:

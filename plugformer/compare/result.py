@@ -141,10 +141,11 @@ class Comparison:
                 scores = row.eval_at(length)
                 values.append(_percent(getattr(scores, self.primary_metric) if scores else None))
             columns.append((f"{metric}@{length}", values))
-        if self.primary_metric == "exact_match":
-            values = [_percent(row.eval_at(self.lengths[0]).accuracy)
-                      if self.lengths and row.eval_at(self.lengths[0]) else "-" for row in self.rows]
-            columns.append((f"tok acc@{self.lengths[0]}" if self.lengths else "tok acc", values))
+        if self.primary_metric == "exact_match":  # token accuracy shows how far past it goes
+            for length in self.lengths:
+                values = [_percent(row.eval_at(length).accuracy) if row.eval_at(length) else "-"
+                          for row in self.rows]
+                columns.append((f"tok acc@{length}", values))
         columns.append(("train s", [_number(row.train_s, 1, 1) for row in self.rows]))
         columns.append(("status", [row.status for row in self.rows]))
         return columns
@@ -247,23 +248,20 @@ class Comparison:
     # ------------------------------------------------------------------ plot / save
 
     def plot(self, path: Union[str, os.PathLike]) -> Path:
-        """Write a PNG: training loss curves (left) and cost against accuracy (right).
+        """Write a PNG: training loss curves, cost against accuracy and, when the task was
+        evaluated at more than one length, accuracy against length.
 
         The cost is the median forward+backward time of a training batch; the accuracy is the
         primary metric at the training length. Needs matplotlib (``pip install plugformer[plot]``).
         """
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from plugformer.compare.plotting import draw
+
+            figure = draw(self)
         except ImportError as err:
             raise ImportError("Comparison.plot needs matplotlib: pip install 'plugformer[plot]'") from err
-        from plugformer.compare.plotting import draw
-
-        figure = draw(self, plt)
         path = Path(path)
         figure.savefig(path, dpi=120)
-        plt.close(figure)
         return path
 
     def save(self, directory: Union[str, os.PathLike]) -> dict[str, Path]:

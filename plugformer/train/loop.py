@@ -288,7 +288,7 @@ def train(
             block.compile()
     wrapped = wrap(model, strategy, where,
                    find_unused_parameters=callable(getattr(model, "aux_loss", None)))
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     start = checkpoint.load(wrapped, optimizer, found, where).step if resume and found is not None else 0
     run = _Run(where=where, task=the_task, plan=plan, model=wrapped, optimizer=optimizer,
                state=state, lr=lr, schedule=schedule, clip=clip, precision=precision)

@@ -73,6 +73,24 @@ def test_demo_fills_in_defaults_and_flags_override_them(monkeypatch):
     assert "bra(region=4, topk=2)" in seen["specs"][0]
 
 
+def test_threads_sets_torchs_thread_count_before_training(monkeypatch):
+    import torch
+
+    calls = []
+
+    def fake_compare(*args, **kwargs):
+        calls.append("train")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr("plugformer.compare.runner.compare", fake_compare)
+    with pytest.raises(KeyboardInterrupt):
+        compare_cli.run_compare_command(_args(SMALL, "--threads", "1"))
+    assert calls == [1, "train"]
+    with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+        compare_cli.run_compare_command(_args(SMALL, "--threads", "0"))
+
+
 def test_failed_variant_gives_status_1(capsys):
     import math
 

@@ -93,3 +93,18 @@ def test_final_loss_and_eval_at():
     assert row.final_loss == 1.0
     assert row.eval_at(32).accuracy == 0.5 and row.eval_at(64) is None
     assert _comparison().rows[1].final_loss is None
+
+
+def test_plot_adds_accuracy_against_length_when_evaluated_at_several_lengths():
+    pytest.importorskip("matplotlib")
+    from plugformer.compare.plotting import draw
+
+    comparison = _comparison()
+    curves, scatter, by_length = draw(comparison).axes
+    line, trained = by_length.get_lines()  # the failed variant has no line
+    assert line.get_label() == "attn=dense" and list(trained.get_xdata()) == [16, 16]
+    assert list(line.get_xdata()) == [16, 32]
+    assert list(line.get_ydata()) == pytest.approx([99.5, 50.0])
+    assert list(scatter.collections[0].get_offsets()[0]) == pytest.approx([45.6, 98.0])
+    comparison.lengths = [16]
+    assert len(draw(comparison).axes) == 2
