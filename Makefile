@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test setup clean
 
+# torch first and pinned (constraints.txt), so that nothing pulls a CUDA build. --no-compile:
+# byte-compiling all of torch up front costs half a minute; Python compiles what it imports.
+PIP := $(BIN)/pip install --quiet --no-compile -c constraints.txt
+
 $(STAMP): pyproject.toml constraints.txt examples/plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,plot]'
-	$(BIN)/pip install --quiet -c constraints.txt -e examples/plugin
+	$(PIP) torch
+	$(PIP) -e '.[test,plot]' -e examples/plugin
 	touch $(STAMP)
 
 setup: $(STAMP)
