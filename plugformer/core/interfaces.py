@@ -140,6 +140,17 @@ class Block(nn.Module, ABC):
         for incremental decoding.
         """
 
+    def _check_memory(self, memory: Optional[Tensor]) -> bool:
+        """Whether to run cross-attention: True when the block has it and ``memory`` is given,
+        False when it has none and none is given; a clear error on a mismatch."""
+        if getattr(self, "cross_attn", None) is None:
+            if memory is not None:
+                raise ValueError("this block has no cross-attention, but memory was given")
+            return False
+        if memory is None:
+            raise ValueError("this block has cross-attention and needs memory (the encoder output)")
+        return True
+
 
 @attrs.frozen
 class BlockParts:

@@ -63,20 +63,11 @@ class ParallelBlock(Block):
         self_cache = cache.self_attn if cache is not None else None
         attended = self.self_attn(h, mask=self_mask, causal=causal, positions=positions, cache=self_cache)
         out = x + self.dropout(attended)
-        if self._has_memory(memory):
+        if self._check_memory(memory):
             cross_cache = cache.cross_attn if cache is not None else None
             crossed = self.cross_attn(self.cross_attn_norm(out), memory, mask=memory_mask, cache=cross_cache)
             out = out + self.dropout(crossed)
         return out + self.dropout(self.ffn(h))
-
-    def _has_memory(self, memory: Optional[Tensor]) -> bool:
-        if self.cross_attn is None:
-            if memory is not None:
-                raise ValueError("this block has no cross-attention, but memory was given")
-            return False
-        if memory is None:
-            raise ValueError("this block has cross-attention and needs memory (the encoder output)")
-        return True
 
 
 class SandwichBlock(ResidualBlock):

@@ -47,15 +47,6 @@ class ResidualBlock(Block):
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.ffn(x))
 
-    def _check_memory(self, memory: Optional[Tensor]) -> bool:
-        if self.cross_attn is None:
-            if memory is not None:
-                raise ValueError("this block has no cross-attention, but memory was given")
-            return False
-        if memory is None:
-            raise ValueError("this block has cross-attention and needs memory (the encoder output)")
-        return True
-
 
 class PostLNBlock(ResidualBlock):
     """y = Norm(x + Sublayer(x)) for each sublayer, as in Vaswani et al. and ``nn.Transformer``."""
