@@ -265,7 +265,10 @@ def draw_routes(args: argparse.Namespace) -> int:
     if int(ids.max()) >= vocab:
         raise ValueError(f"--input holds token id {int(ids.max())}, but the model's vocab is {vocab}")
     with torch.no_grad(), record_routes(model) as routes:
-        model(ids) if model.kind == "lm" else model(ids, ids)
+        if model.kind == "lm":
+            model(ids)
+        else:  # the same ids as source and target: every bra layer, cross-attention too, runs
+            model(ids, ids)
     path = plot_routes(routes, args.out, n_regions=args.regions)
     print(f"routes of {len(routes)} bra layers written to {path}")
     return 0
