@@ -28,20 +28,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: not ours, damaged, or naming parts we lack."""
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model``'s weights and spec to ``path`` (safetensors). Returns the path."""
+def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = None) -> Path:
+    """Write ``model``'s weights and spec to ``path`` (safetensors). Returns the path.
+
+    ``registry``: the one the model was built from (default: the default registry); the file
+    records which plugin supplied each part, so that loading can name a missing one.
+    """
     from plugformer import __version__
 
     spec = getattr(model, "spec", None)
     if not isinstance(spec, Spec):
         raise ValueError("only models built by plugformer.build (which carry model.spec) can be saved")
-    registry = default_registry()
+    registry = registry or default_registry()
     path = Path(path)
     metadata = {
         "format": FORMAT,
         "plugformer.spec": str(spec),
         "plugformer.version": __version__,
-        "plugformer.parts": json.dumps(_parts_used(spec, registry), sort_keys=True),
+        "plugformer.parts": json.dumps(_parts_of(spec, registry), sort_keys=True),
         "plugformer.sha256": _digest(model.state_dict()),
     }
     save_model(model, str(path), metadata=metadata)
@@ -126,6 +130,17 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
         sha.update(key.encode())
         sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return sha.hexdigest()
+
+
+def _parts_of(spec: Spec, registry: Registry) -> dict[str, str]:
+    """:func:`_parts_used`, with a hint when the model came from another registry."""
+    try:
+        return _parts_used(spec, registry)
+    except UnknownPartError as err:
+        raise ValueError(
+            f"cannot save: {err}. Was the model built from another registry? "
+            "Pass it: plugformer.save(model, path, registry=...)"
+        ) from None
 
 
 def _parts_used(spec: Spec, registry: Registry) -> dict[str, str]:

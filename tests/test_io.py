@@ -128,3 +128,26 @@ def test_spec_that_now_resolves_differently_is_reported(model, tmp_path):
     with pytest.raises(CheckpointError, match="no longer resolves to the same model") as info:
         plugformer.load(path, registry=registry)
     assert "gated=false" in str(info.value)
+
+
+def test_save_records_the_plugins_of_the_registry_it_is_given(tmp_path):
+    from plugformer.core.interfaces import AttentionKernel
+    from plugformer.plugins.dense import dense
+    from plugformer.registry.registry import Registry
+
+    registry = Registry()
+    registry.load_plugins()
+
+    class MyPlugin:
+        @plugformer.hookimpl
+        def plugformer_register(self, registry):
+            registry.add("attention", "only_here", dense)
+
+    registry.register_plugin(MyPlugin(), name="private-plugin")
+    model = plugformer.build("gpt_tiny(attn=only_here, vocab=20)", registry=registry)
+    assert isinstance(model.decoder.layers[0].self_attn.kernel, AttentionKernel)
+    with pytest.raises(ValueError, match=r"unknown attention 'only_here'.*registry=\.\.\."):
+        plugformer.save(model, tmp_path / "default.safetensors")
+    path = plugformer.save(model, tmp_path / "m.safetensors", registry=registry)
+    assert read_metadata(path)["plugformer.parts"]["attention:only_here"] == "private-plugin"
+    assert torch.equal(plugformer.load(path, registry=registry)(torch.arange(6)[None]), model(torch.arange(6)[None]))

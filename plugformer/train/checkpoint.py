@@ -196,4 +196,4 @@ def export(model: nn.Module, path: Path, where: Dist, *, registry: Optional[Regi
     with torch.random.fork_rng(devices=[]):
         fresh = build(spec, registry=registry, device="cpu")
     fresh.load_state_dict(full, strict=True)
-    return save_model(fresh, path)
+    return save_model(fresh, path, registry=registry)
