@@ -244,6 +244,8 @@ def generate_tokens(args: argparse.Namespace) -> int:
 @argument("model", metavar="MODEL", help="a model spec using attn=bra(...), or a checkpoint from plugformer.save")
 @argument("--length", "-L", type=int, default=256, help="tokens per input sequence (default 256)")
 @argument("--input", "-i", default=None, help="token ids, comma-separated, instead of random ones")
+@argument("--task", "-t", default=None,
+          help="run 16 examples of this task instead, e.g. 'copy(length=32)' (the map averages them)")
 @argument("--seed", type=int, default=0, help="seed of the random model weights and inputs")
 @argument("--regions", type=int, default=None, help="draw at most this many regions per axis")
 @argument("--out", "-o", default="routes.png", help="the PNG to write (default routes.png)")
@@ -255,6 +257,29 @@ def draw_routes(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     model = _model_from(args.model, args.registry).eval()
+    if args.task:
+        run = _task_example(args.task, model, args.registry, args.seed)
+    else:
+        run = _ids_example(args, model)
+    with torch.no_grad(), record_routes(model) as routes:
+        run(model)
+    path = plot_routes(routes, args.out, n_regions=args.regions)
+    print(f"routes of {len(routes)} bra layers written to {path}")
+    return 0
+
+
+def _task_example(task: str, model: Any, registry: Registry, seed: int) -> Callable[[Any], Any]:
+    """Runs ``model`` on 16 examples of ``task`` laid out for its kind (the map averages them)."""
+    from plugformer.compare.variants import make_task
+
+    batch = make_task(task, registry=registry).batch(0, 16, seed=seed, kind=model.kind)
+    return batch.logits
+
+
+def _ids_example(args: argparse.Namespace, model: Any) -> Callable[[Any], Any]:
+    """Runs ``model`` on ``--input`` ids or ``--length`` random ones (source and target alike)."""
+    import torch
+
     vocab = model.lm_head.out_features
     if args.input is not None:
         ids = torch.tensor([_token_ids(args.input)])
@@ -264,14 +289,7 @@ def draw_routes(args: argparse.Namespace) -> int:
         ids = torch.randint(0, vocab, (1, args.length))
     if int(ids.max()) >= vocab:
         raise ValueError(f"--input holds token id {int(ids.max())}, but the model's vocab is {vocab}")
-    with torch.no_grad(), record_routes(model) as routes:
-        if model.kind == "lm":
-            model(ids)
-        else:  # the same ids as source and target: every bra layer, cross-attention too, runs
-            model(ids, ids)
-    path = plot_routes(routes, args.out, n_regions=args.regions)
-    print(f"routes of {len(routes)} bra layers written to {path}")
-    return 0
+    return (lambda m: m(ids)) if model.kind == "lm" else (lambda m: m(ids, ids))
 
 
 def _model_from(text: str, registry: Registry) -> "torch.nn.Module":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import plugformer
@@ -58,6 +59,15 @@ def test_routes_draws_every_bra_layer_of_a_spec_or_checkpoint(tmp_path, capsys):
     assert main(["routes", str(path), "-i", "1,2,3,4,5,6,7,8,9", "-o", str(out), "--regions", "2"]) == 0
     assert "routes of 6 bra layers" in capsys.readouterr().out  # enc self, dec self, dec cross x 2
     assert out.exists()
+
+
+@pytest.mark.parametrize("spec, task, layers", [
+    ("transformer_tiny(attn=bra(region=4, topk=1), vocab=70)", "copy(length=12)", 6),
+    ("gpt_tiny(attn=bra(region=4, topk=1), vocab=140)", "mqar(pairs=4)", 2),
+])
+def test_routes_on_examples_of_a_task(tmp_path, capsys, spec, task, layers):
+    assert main(["routes", spec, "--task", task, "-o", str(tmp_path / "r.png")]) == 0
+    assert f"routes of {layers} bra layers" in capsys.readouterr().out
 
 
 def test_routes_errors_name_the_problem(tmp_path, capsys):
