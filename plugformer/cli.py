@@ -269,7 +269,7 @@ def draw_routes(args: argparse.Namespace) -> int:
 
 
 def _task_example(task: str, model: Any, registry: Registry, seed: int) -> Callable[[Any], Any]:
-    """Runs ``model`` on 16 examples of ``task`` laid out for its kind (the map averages them)."""
+    """A function running a model on 16 examples of ``task`` laid out for its kind."""
     from plugformer.compare.variants import make_task
 
     batch = make_task(task, registry=registry).batch(0, 16, seed=seed, kind=model.kind)
@@ -277,7 +277,8 @@ def _task_example(task: str, model: Any, registry: Registry, seed: int) -> Calla
 
 
 def _ids_example(args: argparse.Namespace, model: Any) -> Callable[[Any], Any]:
-    """Runs ``model`` on ``--input`` ids or ``--length`` random ones (source and target alike)."""
+    """A function running a model on ``--input`` ids or ``--length`` random ones (source and
+    target alike for encoder-decoders)."""
     import torch
 
     vocab = model.lm_head.out_features
