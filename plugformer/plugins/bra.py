@@ -181,6 +181,9 @@ class BiLevelRoutingAttention(AttentionKernel):
         lq, lk = q.shape[2], k.shape[2]
         allowed = routed_mask(routes, token=kind == "token", lq=lq, lk=lk, region=self.region,
                               causal=causal, key_valid=key_valid, mask=general)
+        dtype = q.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # as the tiles: half inputs, float32 maths
+            q, k, v = q.float(), k.float(), v.float()
         scores = q @ repeat_kv(k, q.shape[1]).transpose(-2, -1) * self.scale  # (B, H, Lq, Lk)
         if bias is not None:
             q_idx = torch.arange(lq, device=q.device)[:, None]
@@ -189,7 +192,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         weights = masked_softmax(scores, allowed)
         if dropout:
             weights = F.dropout(weights, dropout)
-        return weights @ repeat_kv(v, q.shape[1])
+        return (weights @ repeat_kv(v, q.shape[1])).to(dtype)
 
     def _tiled(self, q, k, v, routes, kind, causal, key_valid, general, bias, dropout) -> Tensor:
         lq, lk = q.shape[2], k.shape[2]

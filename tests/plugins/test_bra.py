@@ -285,6 +285,20 @@ def test_bfloat16_is_close_to_float32(causal):
     torch.testing.assert_close(half.float(), full, atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_two_cpu_paths_agree(monkeypatch, dtype, tol, causal):
+    q, k, v = qkv(lq=45, dtype=dtype)
+    mask = padding(2, 45, [45, 30])
+    kernel = BiLevelRoutingAttention(heads=4, head_dim=8, region=8, topk=2)
+    outs = []
+    for threshold in (0, 1 << 30):  # tiles, then every score under the routed mask
+        monkeypatch.setattr(bra_module, "DENSE_UP_TO", threshold)
+        outs.append(kernel(q, k, v, mask=mask, causal=causal))
+    assert outs[0].dtype == outs[1].dtype == dtype
+    torch.testing.assert_close(outs[1].float(), outs[0].float(), atol=tol, rtol=0)
+
+
 def test_dropout_only_while_training():
     q, k, v = qkv(lq=32)
     kernel = BiLevelRoutingAttention(heads=4, head_dim=8, region=8, topk=2, dropout=0.5)
