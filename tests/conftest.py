@@ -1,7 +1,31 @@
-"""Test-wide settings."""
+"""Test-wide settings and fixtures."""
 
+import functools
+from typing import Callable, Optional
+
+import pytest
 import torch
+from torch import Tensor, nn
 
 # Tiny models on a shared 2-core machine run many times faster on one thread than on two
 # threads that wait for each other.
 torch.set_num_threads(1)
+
+
+def _cached_logits(model: nn.Module, tokens: Tensor, *, prefix: int = 1,
+                   memory: Optional[Tensor] = None) -> Tensor:
+    if memory is None:  # decoder-only
+        run = functools.partial(model, caches=model.decoder.new_caches())
+    else:
+        run = functools.partial(model.decode, memory=memory, caches=model.stack.decoder.new_caches())
+    steps = [run(tokens[:, :prefix])]
+    steps += [run(tokens[:, t : t + 1]) for t in range(prefix, tokens.shape[1])]
+    return torch.cat(steps, dim=1)
+
+
+@pytest.fixture
+def cached_logits() -> Callable[..., Tensor]:
+    """``cached_logits(model, tokens, prefix=1, memory=None)``: the logits of ``tokens`` decoded
+    with the KV cache, the first ``prefix`` at once and then one at a time, for comparing with
+    one uncached pass. ``memory`` (the encoder output) for encoder-decoders."""
+    return _cached_logits

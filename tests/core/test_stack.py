@@ -116,28 +116,25 @@ def test_pad_id_gives_the_padding_mask():
 
 
 @pytest.mark.parametrize("attn", kernels("supports_cache"))
-def test_encdec_incremental_decoding_equals_the_full_pass(attn):
+def test_encdec_incremental_decoding_equals_the_full_pass(attn, cached_logits):
     model = build_encdec(attn)
     src, tgt = ids(2, 10), ids(2, 9, seed=1)
     with torch.no_grad():
         memory = model.encode(src)
         full = model.decode(tgt, memory)
-        caches = model.stack.decoder.new_caches()
-        steps = [model.decode(tgt[:, :3], memory, caches=caches)]
-        steps += [model.decode(tgt[:, t : t + 1], memory, caches=caches) for t in range(3, 9)]
-    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+        cached = cached_logits(model, tgt, prefix=3, memory=memory)
+    assert (cached - full).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("pe", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("attn", kernels("supports_cache"))
-def test_lm_incremental_decoding_equals_the_full_pass(attn, pe):
+def test_lm_incremental_decoding_equals_the_full_pass(attn, pe, cached_logits):
     model = build(f"gpt_tiny(attn={attn}, pe={pe})")
     x = ids(2, 9)
     with torch.no_grad():
         full = model(x)
-        caches = model.decoder.new_caches()
-        steps = [model(x[:, :4], caches=caches)] + [model(x[:, t : t + 1], caches=caches) for t in range(4, 9)]
-    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+        cached = cached_logits(model, x, prefix=4)
+    assert (cached - full).abs().max() <= 1e-5
 
 
 # --------------------------------------------------------------------------------- Seq2SeqStack

@@ -100,26 +100,20 @@ def test_dense_and_fused_agree_and_weights_carry_over(spec):
 
 
 @pytest.mark.parametrize("attn", ["dense", "fused"])
-def test_cached_decoding_matches_the_full_sequence(attn):
+def test_cached_decoding_matches_the_full_sequence(attn, cached_logits):
     torch.manual_seed(2)
     model = build(f"gpt_tiny(pe=alibi, attn={attn})").eval()
     ids = torch.randint(0, 256, (2, 12))
-    full = model(ids)
-    caches = model.decoder.new_caches()
-    prefix = model(ids[:, :4], caches=caches)
-    steps = [model(ids[:, t : t + 1], caches=caches) for t in range(4, 12)]
-    torch.testing.assert_close(torch.cat([prefix, *steps], 1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached_logits(model, ids, prefix=4), model(ids), atol=1e-5, rtol=0)
 
 
-def test_encoder_decoder_cached_decoding_matches():
+def test_encoder_decoder_cached_decoding_matches(cached_logits):
     torch.manual_seed(3)
     model = build("transformer_tiny(pe=alibi)").eval()
     src, tgt = torch.randint(0, 256, (2, 9)), torch.randint(0, 256, (2, 6))
     memory = model.encode(src)
-    full = model.decode(tgt, memory)
-    caches = model.stack.decoder.new_caches()
-    steps = [model.decode(tgt[:, t : t + 1], memory, caches=caches) for t in range(6)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached_logits(model, tgt, memory=memory), model.decode(tgt, memory),
+                               atol=1e-5, rtol=0)
 
 
 def test_trains():
