@@ -29,3 +29,26 @@ def cached_logits() -> Callable[..., Tensor]:
     with the KV cache, the first ``prefix`` at once and then one at a time, for comparing with
     one uncached pass. ``memory`` (the encoder output) for encoder-decoders."""
     return _cached_logits
+
+
+def _train_losses(model: nn.Module, ids: Tensor, steps: int, *, src: Optional[Tensor] = None,
+                  aux_weight: float = 0.0) -> list[float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        logits = model(ids[:, :-1]) if src is None else model(src, ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        total = loss + aux_weight * model.aux_loss() if aux_weight else loss
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture
+def train_losses() -> Callable[..., list[float]]:
+    """``train_losses(model, ids, steps, src=None, aux_weight=0)``: AdamW (lr 3e-3) steps of
+    next-token prediction on ``ids`` (targets ``ids[:, 1:]``, the decoder reading ``src`` for an
+    encoder-decoder), ``aux_weight`` times ``model.aux_loss()`` added; the task losses per step."""
+    return _train_losses

@@ -106,18 +106,11 @@ def test_models_decode_with_a_cache_as_without(block, cls, cached_logits):
 
 
 @pytest.mark.parametrize("block", ["parallel", "sandwich"])
-def test_lm_trains(block):
+def test_lm_trains(block, train_losses):
     torch.manual_seed(4)
     model = build(f"gpt_tiny(block={block}, layers=1, vocab=64)")
     ids = torch.randint(0, 64, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, 8)
     assert losses[-1] < losses[0] - 0.3
 
 

@@ -71,19 +71,12 @@ def test_factory_checks_arguments():
         build_part("feedforward", "geglu(d_ff=0)", d_model=16, heads=2)
 
 
-def test_in_a_model_trains_and_describe():
+def test_in_a_model_trains_and_describe(train_losses):
     torch.manual_seed(1)
     model = build("gpt_tiny(ffn=swiglu(multiple_of=32), layers=1)")
     assert model.decoder.layers[0].ffn.gate_proj.out_features == 192
     ids = torch.randint(0, 256, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, 8)
     assert losses[-1] < losses[0] - 0.3
     described = plugformer.registry.describe("feedforward", "swiglu")
     assert {a.name: a.default for a in described.args} == {"d_ff": None, "multiple_of": 256, "bias": False}

@@ -146,16 +146,9 @@ def test_model_equals_dense_model_when_the_window_covers_the_sequence():
     torch.testing.assert_close(local(src, tgt), dense(src, tgt), atol=1e-5, rtol=1e-5)
 
 
-def test_trains():
+def test_trains(train_losses):
     torch.manual_seed(6)
     model = build("gpt_tiny(pe=rope, attn=local(window=4), layers=1, vocab=64)")
     ids = torch.randint(0, 64, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, 8)
     assert losses[-1] < losses[0] - 0.3

@@ -154,19 +154,11 @@ def test_factory_checks_arguments():
         build_part("feedforward", "moe(expert=tanh)", d_model=8, heads=1)
 
 
-def test_in_a_model_trains_with_the_aux_loss():
+def test_in_a_model_trains_with_the_aux_loss(train_losses):
     torch.manual_seed(7)
     model = build("gpt_tiny(ffn=moe(n_experts=4, d_ff=64), layers=1, vocab=64)")
     ids = torch.randint(0, 64, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
-        aux = sum(m.aux_loss for m in model.modules() if isinstance(m, MixtureOfExperts))
-        optimizer.zero_grad()
-        (loss + 0.01 * aux).backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, 8, aux_weight=0.01)
     assert losses[-1] < losses[0] - 0.3
     described = plugformer.registry.describe("feedforward", "moe")
     assert described.args[0].name == "n_experts" and described.args[0].default == 8

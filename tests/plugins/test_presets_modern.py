@@ -89,17 +89,10 @@ def test_t5_tiny_runs_and_swaps_kernels():
 
 
 @pytest.mark.parametrize("name", ["llama_tiny", "t5_tiny"])
-def test_trains(name):
+def test_trains(name, train_losses):
     torch.manual_seed(2)
     model = build(name, vocab=64, layers=1)
     ids = torch.randint(0, 64, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        logits = model(ids[:, :-1]) if model.kind == "lm" else model(ids, ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    src = ids if model.kind == "encdec" else None
+    losses = train_losses(model, ids, 8, src=src)
     assert losses[-1] < losses[0] - 0.3

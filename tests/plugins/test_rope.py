@@ -163,17 +163,9 @@ def test_positions_matter():
     assert not torch.allclose(model(ids)[:, -1], model(swapped)[:, -1], atol=1e-4)
 
 
-def test_trains():
+def test_trains(train_losses):
     torch.manual_seed(10)
     model = build("gpt_tiny(pe=rope, layers=1)")
     ids = torch.randint(0, 256, (4, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(10):
-        logits = model(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, 10)
     assert losses[-1] < losses[0] - 0.5

@@ -138,19 +138,11 @@ def test_lm_cached_decoding_matches(cached_logits):
     torch.testing.assert_close(cached_logits(model, ids), model(ids), atol=1e-5, rtol=0)
 
 
-def test_trains():
+def test_trains(train_losses):
     torch.manual_seed(5)
     model = build("transformer_tiny(pe=t5_bias, layers=1, vocab=64)")
     src, tgt = torch.randint(0, 64, (4, 10)), torch.randint(0, 64, (4, 9))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     table = model.stack.encoder.pe.weight.detach().clone()
-    losses = []
-    for _ in range(10):
-        logits = model(src, tgt[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, tgt, 10, src=src)
     assert losses[-1] < losses[0] - 0.5
     assert not torch.equal(model.stack.encoder.pe.weight, table)
