@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import attrs
 
+from plugformer import __version__
 from plugformer.registry.discovery import PluginError
 from plugformer.registry.parts import KINDS, close_matches
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
@@ -41,6 +42,7 @@ class Command:
     help: str
     handler: Handler
     arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+    epilog: str = ""
 
 
 #: Subcommands by name, in the order ``--help`` lists them.
@@ -77,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="plugformer",
         description="Transformer parts behind a plugin registry.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--traceback", action="store_true", help="show the full traceback of an error"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
-        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help, epilog=cmd.epilog or None,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
         for flags, options in cmd.arguments:
             sub.add_argument(*flags, **options)
         sub.set_defaults(handler=cmd.handler)
@@ -315,7 +319,7 @@ def _token_ids(text: str) -> list[int]:
     return ids
 
 
-def _register_external(name: str, help: str, module: str, arguments: str, handler: str) -> None:
+def _register_external(name: str, help: str, module: str, arguments: str, handler: str, epilog: str = "") -> None:
     """A subcommand whose options and handler live in another module, imported when it runs."""
     import importlib
 
@@ -323,7 +327,8 @@ def _register_external(name: str, help: str, module: str, arguments: str, handle
         return getattr(importlib.import_module(module), handler)(args)
 
     options = getattr(importlib.import_module(module), arguments)
-    COMMANDS[name] = Command(name=name, help=help, handler=run, arguments=tuple(options))
+    text = getattr(importlib.import_module(module), epilog) if epilog else ""
+    COMMANDS[name] = Command(name=name, help=help, handler=run, arguments=tuple(options), epilog=text)
 
 
 _register_external(
@@ -334,6 +339,10 @@ _register_external(
     "train", "Train a model: one process, or DDP / FSDP2 under torchrun.",
     "plugformer.train.cli", "ARGUMENTS", "run_train_command",
 )
+_register_external("export", "Write a checkpoint as a Hugging Face model directory (Llama, GPT-2).",
+                   "plugformer.interop.cli", "EXPORT_ARGUMENTS", "run_export_command", "EXPORT_EPILOG")
+_register_external("import", "Read a Hugging Face model directory into a checkpoint (Llama, GPT-2).",
+                   "plugformer.interop.cli", "IMPORT_ARGUMENTS", "run_import_command", "IMPORT_EPILOG")
 
 
 def find_kind(registry: Registry, name: str) -> str:

@@ -8,7 +8,11 @@ from torch import Tensor, nn
 
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import FeedForward
+from plugformer.core.slots import ArgumentError
 from plugformer.hooks import hookimpl
+
+#: The ``approximate`` values of ``gelu``, as ``nn.GELU`` takes them.
+GELU_APPROXIMATIONS = ("none", "tanh")
 
 
 class FeedForwardNetwork(FeedForward):
@@ -64,14 +68,26 @@ def relu(ctx: BuildContext, *, d_ff: Optional[int] = None, bias: bool = True) ->
     return _ffn(ctx, nn.ReLU(inplace=True), d_ff, bias)  # in place: up_proj's output is fresh
 
 
-def gelu(ctx: BuildContext, *, d_ff: Optional[int] = None, bias: bool = True) -> FeedForwardNetwork:
-    """FFN with a GELU non-linearity (BERT, GPT-2).
+def gelu(
+    ctx: BuildContext, *, d_ff: Optional[int] = None, bias: bool = True, approximate: str = "none"
+) -> FeedForwardNetwork:
+    """FFN with a GELU non-linearity (Hendrycks & Gimpel, 2016; BERT, GPT-2).
 
     Args:
         d_ff: hidden width; none means 4 * d_model.
         bias: biases in both projections.
+        approximate: 'none' for the exact x * Phi(x); 'tanh' for
+            0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the form GPT-2 was trained with
+            (Hugging Face's gelu_new), as ``nn.GELU(approximate=...)``.
+
+    Raises:
+        ArgumentError: ``approximate`` is neither 'none' nor 'tanh'; ``d_ff`` < 1.
     """
-    return _ffn(ctx, nn.GELU(), d_ff, bias)
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ArgumentError(
+            "approximate", f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}"
+        )
+    return _ffn(ctx, nn.GELU(approximate=approximate), d_ff, bias)
 
 
 @hookimpl

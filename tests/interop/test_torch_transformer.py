@@ -176,7 +176,7 @@ def test_spec_rebuilds_the_same_structure():
     ours = from_torch(make_torch(norm_first=True, activation="gelu", bias=False))
     assert isinstance(ours, Seq2SeqStack)
     text = str(ours.spec)
-    assert "block=pre_ln" in text and "gelu(d_ff=64, bias=false)" in text
+    assert "block=pre_ln" in text and "gelu(d_ff=64, bias=false, approximate='none')" in text
     rebuilt = plugformer.build(ours.spec, vocab=10).stack
     rebuilt.load_state_dict(ours.state_dict(), strict=True)
 
