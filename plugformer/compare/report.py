@@ -164,7 +164,7 @@ def _summary(chosen: dict[str, list[RunRecord]], how: dict[str, str], primary: s
             summary = interval(values)
             name = metric.partition("@")[0].removeprefix("val_")
             shown = (summary.format(scale=100, digits=1, unit="%") if name in _FRACTIONS
-                     else summary.format(digits=4))
+                     else summary.format(digits=3, significant=True))
             row.append((_e(shown), summary.mean if summary.n else None))
         if target is not None:
             reached = [cost_to_reach(r.curve, target, metric=primary) for r in ok[variant]]
@@ -172,7 +172,7 @@ def _summary(chosen: dict[str, list[RunRecord]], how: dict[str, str], primary: s
             for attribute in ("step", "seconds", "flops"):
                 values = [getattr(x, attribute) for x in hits if getattr(x, attribute) is not None]
                 summary = interval(values)
-                text = f"{summary.format(digits=3)} ({len(hits)}/{len(reached)} reached)" if values else \
+                text = f"{summary.format(digits=3, significant=True)} ({len(hits)}/{len(reached)} reached)" if values else \
                     f"- ({len(hits)}/{len(reached)} reached)"
                 row.append((_e(text), summary.mean if values else None))
         rows.append(row)

@@ -62,15 +62,18 @@ class Interval:
         """``high - mean``, or None when there is no interval."""
         return None if self.high is None else self.high - self.mean
 
-    def format(self, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
+    def format(self, scale: float = 1.0, digits: int = 3, unit: str = "",
+               significant: bool = False) -> str:
         """As text: ``"83.3 ± 4.1%"``; ``"83.3% (1 seed)"`` when there is no interval; ``"-"``
-        when no seed gave a finite value. ``scale`` multiplies (100 for percentages)."""
+        when no seed gave a finite value. ``scale`` multiplies (100 for percentages);
+        ``digits`` counts decimals, or significant digits when ``significant``."""
         if self.n == 0:
             return "-"
-        mean = f"{self.mean * scale:.{digits}f}"
+        style = "g" if significant else "f"
+        mean = f"{self.mean * scale:.{digits}{style}}"
         if self.half_width is None:
             return f"{mean}{unit} (1 seed)"
-        return f"{mean} ± {self.half_width * scale:.{digits}f}{unit}"
+        return f"{mean} ± {self.half_width * scale:.{digits}{style}}{unit}"
 
 
 @attrs.frozen

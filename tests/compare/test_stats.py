@@ -41,6 +41,7 @@ def test_failed_runs_are_left_out_and_nothing_left_is_a_dash():
     assert interval({0: 0.5, 1: None, 2: float("nan"), 3: 0.7}).n == 2
     assert interval([None, float("nan")]).format() == "-"
     assert interval([0.5, 0.7]).format(scale=100, digits=1).startswith("60.0 ± ")
+    assert interval([1.5e11, 1.5e11]).format(digits=3, significant=True) == "1.5e+11 ± 0"
 
 
 def test_interval_rejects_a_bad_confidence():
