@@ -189,7 +189,7 @@ def compare_to_best(
     comparisons with the best by Holm-Bonferroni. Measured over 2,000 simulated comparisons of
     tied variants (normal values, 2 to 5 seeds), the chance that any variant is marked ``worse``
     is 5% with two variants, up to 7% with three and 8% with six under ``"holm"`` (above alpha
-    because the best is picked on the same data), against 11% and 29-33% under ``"none"``, which
+    because the best is picked on the same data), against 11-13% and 29-33% under ``"none"``, which
     tests each variant at ``alpha`` on its own (more power at 2 seeds, more false marks).
 
     Args:
