@@ -24,31 +24,17 @@ from plugformer.plugins.bra.sparse import tiled_attention
 from plugformer.plugins.bra.tiles import region_tiles, tile_indices, tile_mask, token_tiles
 
 
-def masked_dense(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    routes: Tensor,
-    geometry: Geometry,
-    *,
-    scale: float,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
-    bias: Optional[ScoreBias] = None,
-    dropout: float = 0.0,
-) -> Tensor:
+def masked_dense(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
+                 key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                 bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
     """Every score q k^T, softmax under the routed mask.
 
-    Args:
-        q: (B, H, Lq, Dh).
-        k, v: (B, Hkv, Lk, Dh), ``H % Hkv == 0``.
-        routes: from :func:`.routing.route`.
-        geometry: lengths, region, routing kind and causality of the call.
-        scale: multiplies q k^T.
-        key_valid: (B, Lk) bool, True = real key.
-        mask: general boolean mask (B, Hm, Lq, Lk) or None.
-        bias: positional score bias ``bias(q_idx, k_idx) -> (H, *shape)``.
-        dropout: dropout probability on the attention weights (0 = off).
+    The calling convention of every path (this, :func:`tiled` and :func:`.flex.flex_bra`):
+    q (B, H, Lq, Dh); k, v (B, Hkv, Lk, Dh) with ``H % Hkv == 0``; ``routes`` from
+    :func:`.routing.route` and the ``geometry`` (lengths, region, routing kind, causality) of
+    the call; ``scale`` multiplies q k^T; ``key_valid`` (B, Lk), True = real key; ``mask`` a
+    general boolean mask (B, Hm, Lq, Lk) or None; ``bias(q_idx, k_idx) -> (H, *shape)`` a
+    positional score bias; ``dropout`` the probability on the attention weights (0 = off).
 
     Returns:
         (B, H, Lq, Dh); half-precision inputs are computed in float32 and cast back.
@@ -68,20 +54,11 @@ def masked_dense(
     return (weights @ repeat_kv(v, q.shape[1])).to(dtype)
 
 
-def tiled(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    routes: Tensor,
-    geometry: Geometry,
-    *,
-    scale: float,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
-    bias: Optional[ScoreBias] = None,
-    dropout: float = 0.0,
-) -> Tensor:
-    """Only the scores of the chosen regions, gathered into tiles; arguments as :func:`masked_dense`."""
+def tiled(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
+          key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+          bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
+    """Only the scores of the chosen regions, gathered into tiles; arguments and result as
+    :func:`masked_dense`."""
     if geometry.token:
         tiles = token_tiles(routes, nk=geometry.nk, rows_per_tile=geometry.region)
     else:

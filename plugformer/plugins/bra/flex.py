@@ -70,33 +70,12 @@ def block_mask(
     )
 
 
-def flex_bra(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    routes: Tensor,
-    geometry: Geometry,
-    *,
-    scale: float,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
-    bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-    compile: bool = True,
-) -> Tensor:
-    """Bi-level routing attention by ``flex_attention``.
-
-    Args:
-        q: (B, H, Lq, Dh); k, v: (B, Hkv, Lk, Dh).
-        routes: from :func:`.routing.route`.
-        geometry: lengths, region, routing kind and causality of the call.
-        scale: multiplies q k^T.
-        key_valid: (B, Lk) bool, True = real key.
-        mask: general boolean mask (B, Hm, Lq, Lk) or None.
-        bias: positional score bias ``bias(q_idx, k_idx) -> (H, *shape)``.
-        compile: run the compiled kernel (the fast one); eager materialises every score.
-
-    Returns:
-        (B, H, Lq, Dh); a query with no key to attend gets zeros.
+def flex_bra(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
+             key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+             bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None, compile: bool = True) -> Tensor:
+    """Bi-level routing attention by ``flex_attention``: arguments and result as
+    :func:`.cpu.masked_dense` (without dropout), and ``compile``: run the compiled kernel (the
+    fast one); eager materialises every score. A query with no key to attend gets zeros.
     """
     if not available():
         raise RuntimeError("bra: this torch has no torch.nn.attention.flex_attention; use backend='torch'")

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
-from plugformer.plugins.bra import cpu, flex
+from plugformer.plugins.bra.cpu import masked_dense, tiled
+from plugformer.plugins.bra.flex import available as flex_available
+from plugformer.plugins.bra.flex import flex_bra
 from plugformer.plugins.bra.local_context import LocalContext
 from plugformer.plugins.bra.routing import Geometry, Routing, resolve_routing, route
 
@@ -132,9 +134,9 @@ class BiLevelRoutingAttention(AttentionKernel):
         routes = self._route(q, k, geometry, key_valid)
         dropout = self.dropout if self.training else 0.0
         if self._use_flex(q, dropout):
-            attend, options = flex.flex_bra, {}
+            attend, options = flex_bra, {}
         else:
-            attend = cpu.masked_dense if geometry.lk <= self.dense_up_to else cpu.tiled
+            attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
             options = {"dropout": dropout}
         out = attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
                      bias=bias, **options)
@@ -171,7 +173,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         if self.backend == "torch":
             return False
         if self.backend == "flex":
-            if q.device.type != "cuda" or not flex.available():
+            if q.device.type != "cuda" or not flex_available():
                 raise RuntimeError(
                     f"bra(backend='flex') needs CUDA tensors and torch.nn.attention.flex_attention; "
                     f"got {q.device.type} tensors; use backend='torch' or 'auto'"
@@ -181,7 +183,7 @@ class BiLevelRoutingAttention(AttentionKernel):
                     "bra(backend='flex') has no attention dropout; use backend='auto' to train with dropout"
                 )
             return True
-        return q.device.type == "cuda" and dropout == 0 and flex.available()
+        return q.device.type == "cuda" and dropout == 0 and flex_available()
 
 
 def split_mask(

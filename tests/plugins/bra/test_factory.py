@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from plugformer import SpecError, build_part
 from plugformer.core.context import BuildContext
 from plugformer.plugins.bra import BiLevelRoutingAttention, bra
 from .reference import qkv
@@ -28,6 +29,7 @@ BAD = [
     (dict(lce=-3), "lce"),
     (dict(backend="triton"), "backend"),
     (dict(scale=0.0), "scale"),
+    (dict(dense_up_to=-1), "dense_up_to"),
 ]
 
 
@@ -76,3 +78,27 @@ def test_registered_as_attention_bra():
     recorder = Recorder()
     module.plugformer_register(recorder)
     assert recorder.added == [("attention", "bra", bra)]
+
+
+def test_dense_up_to_reaches_the_kernel_with_its_default():
+    ctx = BuildContext(d_model=64, heads=4, max_len=256)
+    assert bra(ctx).dense_up_to == 64
+    assert bra(ctx, dense_up_to=0).dense_up_to == 0
+
+
+@pytest.mark.parametrize("text, value", [
+    ("bra(region=8, topk=9)", "9"),
+    ("bra(region=0)", "0"),
+    ("bra(lce=4)", "4"),
+    ("bra(dense_up_to=-1)", "-1"),
+    ("bra(routing='region')", "'region'"),
+])
+def test_argument_errors_put_the_caret_under_the_value(text, value):
+    causal = "routing" in text
+    with pytest.raises(SpecError) as info:
+        build_part("attention", text, d_model=64, heads=4, max_len=64, causal=causal)
+    lines = str(info.value).splitlines()
+    spec_line, caret_line = lines[1], lines[2]
+    start = caret_line.index("^")
+    assert caret_line.strip() == "^" * len(value)
+    assert spec_line[start : start + len(value)] == value
