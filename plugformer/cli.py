@@ -108,15 +108,15 @@ def plugin_commands(registry: Registry) -> dict[str, Command]:
     """The CLI's own commands and those the registry's plugins add, by name. A plugin whose hook
     fails is reported on stderr and skipped (raised with ``PLUGFORMER_STRICT=1``)."""
     commands = Commands(COMMANDS)
-    for plugin, call in registry.command_hooks():
+    for impl in registry.hook.plugformer_register_commands.get_hookimpls():  # in loading order
         before = dict(commands.by_name)
         try:
-            call(commands=commands)
+            impl.function(**{name: commands for name in impl.argnames})
         except Exception as exc:
             if strict_from_env():
-                raise PluginError(f"plugin {plugin!r} failed to add its commands: {exc}") from exc
+                raise PluginError(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}") from exc
             commands.by_name = before
-            print(f"plugformer: plugin {plugin!r} failed to add its commands: {exc}", file=sys.stderr)
+            print(f"plugformer: plugin {impl.plugin_name!r} failed to add its commands: {exc}", file=sys.stderr)
     return commands.by_name
 
 

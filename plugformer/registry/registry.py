@@ -322,26 +322,13 @@ class Registry:
         self._drop_parts_of(name)
         del self._plugins[name]
 
-    def command_hooks(self) -> list[tuple[str, Callable[..., None]]]:
-        """``(plugin name, call)`` for each plugin implementing ``plugformer_register_commands``,
-        in loading order; ``call(commands=...)`` runs that plugin's hook alone (the CLI calls
-        them one by one, so that one failing plugin does not take the others' commands away)."""
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        """The hooks of the loaded plugins, e.g. ``registry.hook.plugformer_register_commands``."""
         self._ensure_loaded()
-        hooks = []
-        for name in self._plugins:
-            plugin = self._pm.get_plugin(name)
-            if plugin is not None and self._implements(plugin, "plugformer_register_commands"):
-                hooks.append((name, self._call_alone(plugin, "plugformer_register_commands")))
-        return hooks
+        return self._pm.hook
 
     # -- internals --------------------------------------------------------------------------
-
-    def _implements(self, plugin: Any, hook: str) -> bool:
-        return any(impl.plugin is plugin for impl in getattr(self._pm.hook, hook).get_hookimpls())
-
-    def _call_alone(self, plugin: Any, hook: str) -> Callable[..., Any]:
-        others = [p for p in self._pm.get_plugins() if p is not plugin]
-        return self._pm.subset_hook_caller(hook, remove_plugins=others)
 
     def _load_one(self, candidate: discovery.Candidate, strict: bool) -> None:
         """Import and register one plugin; record a failure, or raise it if ``strict``."""
@@ -371,20 +358,21 @@ class Registry:
         self._pm.register(plugin, name=name)
         try:
             self._pm.check_pending()
-            if not self._implements(plugin, "plugformer_register"):
-                if not self._implements(plugin, "plugformer_register_commands"):
-                    hint = (
-                        ": its plugformer_register is not marked with @plugformer.hookimpl"
-                        if hasattr(plugin, "plugformer_register")
-                        else ""
-                    )
-                    raise PluginError(f"plugin {name!r} implements no plugformer_register hook{hint}")
-            else:
-                previous, self._current_plugin = self._current_plugin, name
-                try:
-                    self._call_alone(plugin, "plugformer_register")(registry=self)
-                finally:
-                    self._current_plugin = previous
+            hooks = (self._pm.hook.plugformer_register, self._pm.hook.plugformer_register_commands)
+            if not any(impl.plugin is plugin for hook in hooks for impl in hook.get_hookimpls()):
+                hint = (
+                    ": its plugformer_register is not marked with @plugformer.hookimpl"
+                    if hasattr(plugin, "plugformer_register")
+                    else ""
+                )
+                raise PluginError(f"plugin {name!r} implements no plugformer_register hook{hint}")
+            others = [p for p in self._pm.get_plugins() if p is not plugin]
+            call_alone = self._pm.subset_hook_caller("plugformer_register", remove_plugins=others)
+            previous, self._current_plugin = self._current_plugin, name
+            try:
+                call_alone(registry=self)
+            finally:
+                self._current_plugin = previous
         except BaseException:
             self._pm.unregister(plugin)
             self._drop_parts_of(name)

@@ -29,9 +29,9 @@ from plugformer.plugins.bra.routing import n_regions
 def record_routes(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     """Record the route map of every ``bra`` kernel of ``model`` while the block runs.
 
-    A forward hook on each kernel asks it which regions it routed to (:meth:`~.kernel.
-    BiLevelRoutingAttention.route`, recomputed from the call's q, k, mask and causal flag) and
-    keeps the :func:`route_map`; the hooks are removed when the block ends. The kernels keep no
+    A forward hook on each kernel asks it which regions it routed to
+    (:meth:`BiLevelRoutingAttention.route`, recomputed from the call's q, k, mask and causal
+    flag) and keeps the :func:`route_map`; the hooks are removed when the block ends. The kernels keep no
     state.
 
     Yields:
