@@ -10,7 +10,9 @@ declared with :func:`command` and its options with :func:`argument`::
         print(f"hello {args.who}")
         return 0
 
-``args.registry`` is the registry to use. Errors a user can cause (a bad spec, an unknown part,
+``args.registry`` is the registry to use. Plugins add commands through the
+``plugformer_register_commands(commands)`` hook (:class:`Commands`), the way ``routes`` comes
+from the ``bra`` plugin. Errors a user can cause (a bad spec, an unknown part,
 a bad value) print one line on stderr and exit with status 2; ``--traceback`` shows them whole.
 """
 
@@ -23,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import attrs
 
 from plugformer import __version__
-from plugformer.registry.discovery import PluginError
+from plugformer.registry.discovery import PluginError, strict_from_env
 from plugformer.registry.parts import KINDS, close_matches
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
 
@@ -49,14 +51,19 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
+def _command(
+    name: str, handler: Handler, help: Optional[str], arguments: Sequence[Any], epilog: str = ""
+) -> Command:
+    doc_lines = (handler.__doc__ or "").strip().splitlines()
+    text = help or (doc_lines[0] if doc_lines else "")
+    return Command(name=name, help=text, handler=handler, arguments=tuple(arguments), epilog=epilog)
+
+
 def command(name: str, help: Optional[str] = None) -> Callable[[Handler], Handler]:
     """Decorator: make ``handler`` the subcommand ``name`` (help: its docstring's first line)."""
 
     def decorate(handler: Handler) -> Handler:
-        doc_lines = (handler.__doc__ or "").strip().splitlines()
-        text = help or (doc_lines[0] if doc_lines else "")
-        arguments = tuple(getattr(handler, "_cli_arguments", ()))
-        COMMANDS[name] = Command(name=name, help=text, handler=handler, arguments=arguments)
+        COMMANDS[name] = _command(name, handler, help, getattr(handler, "_cli_arguments", ()))
         return handler
 
     return decorate
@@ -73,8 +80,54 @@ def argument(*flags: str, **options: Any) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+class Commands:
+    """The subcommands of one run: the CLI's own, then those plugins add through their
+    ``plugformer_register_commands(commands)`` hook by calling :meth:`add`."""
+
+    def __init__(self, own: dict[str, Command]) -> None:
+        self.by_name = dict(own)
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        help: Optional[str] = None,
+        arguments: Sequence[tuple[tuple[str, ...], dict[str, Any]]] = (),
+        epilog: str = "",
+    ) -> None:
+        """Add the subcommand ``name``: ``handler(args) -> exit status``, its one-line ``help``
+        (default: the handler's docstring's first line), ``(flags, options)`` pairs as
+        ``ArgumentParser.add_argument`` takes them, and an ``epilog`` shown after the options
+        in ``--help`` (examples).
+
+        Raises:
+            ValueError: ``name`` is taken by another command.
+        """
+        if name in self.by_name:
+            taken = getattr(self.by_name[name].handler, "__module__", "plugformer.cli")
+            raise ValueError(f"command {name!r} is taken (by {taken}); give the command another name")
+        self.by_name[name] = _command(name, handler, help, arguments, epilog)
+
+
+def plugin_commands(registry: Registry) -> dict[str, Command]:
+    """The CLI's own commands and those the registry's plugins add, by name. A plugin whose hook
+    fails is reported on stderr and skipped (raised with ``PLUGFORMER_STRICT=1``)."""
+    commands = Commands(COMMANDS)
+    for impl in registry.hook.plugformer_register_commands.get_hookimpls():  # in loading order
+        before = dict(commands.by_name)
+        try:
+            impl.function(**{name: commands for name in impl.argnames})
+        except Exception as exc:
+            if strict_from_env():
+                raise PluginError(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}") from exc
+            commands.by_name = before
+            print(f"plugformer: plugin {impl.plugin_name!r} failed to add its commands: {exc}", file=sys.stderr)
+    return commands.by_name
+
+
+def build_parser(commands: Optional[dict[str, Command]] = None) -> argparse.ArgumentParser:
+    """The argument parser with these subcommands (default: the CLI's own)."""
     parser = argparse.ArgumentParser(
         prog="plugformer",
         description="Transformer parts behind a plugin registry.",
@@ -84,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--traceback", action="store_true", help="show the full traceback of an error"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for cmd in COMMANDS.values():
-        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help, epilog=cmd.epilog or None,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cmd in (COMMANDS if commands is None else commands).values():
+        sub = subparsers.add_parser(
+            cmd.name, help=cmd.help, description=cmd.help, epilog=cmd.epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         for flags, options in cmd.arguments:
             sub.add_argument(*flags, **options)
         sub.set_defaults(handler=cmd.handler)
@@ -96,14 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None, *, registry: Optional[Registry] = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
 
-    ``registry`` replaces the default registry (for tests).
+    ``registry`` replaces the default registry (for tests); its plugins' commands join the
+    CLI's own.
     """
-    parser = build_parser()
+    registry = registry if registry is not None else default_registry()
+    parser = build_parser(plugin_commands(registry))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    args.registry = registry if registry is not None else default_registry()
+    args.registry = registry
     try:
         return args.handler(args)
     except USER_ERRORS as exc:
@@ -242,71 +299,6 @@ def generate_tokens(args: argparse.Namespace) -> int:
     for row in out.tolist():
         print(",".join(map(str, row)))
     return 0
-
-
-@command("routes")
-@argument("model", metavar="MODEL", help="a model spec using attn=bra(...), or a checkpoint from plugformer.save")
-@argument("--length", "-L", type=int, default=256, help="tokens per input sequence (default 256)")
-@argument("--input", "-i", default=None, help="token ids, comma-separated, instead of random ones")
-@argument("--task", "-t", default=None,
-          help="run 16 examples of this task instead, e.g. 'copy(length=32)' (the map averages them)")
-@argument("--seed", type=int, default=0, help="seed of the random model weights and inputs")
-@argument("--regions", type=int, default=None, help="draw at most this many regions per axis")
-@argument("--out", "-o", default="routes.png", help="the PNG to write (default routes.png)")
-def draw_routes(args: argparse.Namespace) -> int:
-    """Draw which key regions each query region of every bra layer picked, as a PNG heat map."""
-    import torch
-
-    from plugformer.plugins.routes_plot import plot_routes, record_routes
-
-    torch.manual_seed(args.seed)
-    model = _model_from(args.model, args.registry).eval()
-    if args.task:
-        run = _task_example(args.task, model, args.registry, args.seed)
-    else:
-        run = _ids_example(args, model)
-    with torch.no_grad(), record_routes(model) as routes:
-        run(model)
-    path = plot_routes(routes, args.out, n_regions=args.regions)
-    print(f"routes of {len(routes)} bra layers written to {path}")
-    return 0
-
-
-def _task_example(task: str, model: Any, registry: Registry, seed: int) -> Callable[[Any], Any]:
-    """A function running a model on 16 examples of ``task`` laid out for its kind."""
-    from plugformer.compare.variants import make_task
-
-    batch = make_task(task, registry=registry).batch(0, 16, seed=seed, kind=model.kind)
-    return batch.logits
-
-
-def _ids_example(args: argparse.Namespace, model: Any) -> Callable[[Any], Any]:
-    """A function running a model on ``--input`` ids or ``--length`` random ones (source and
-    target alike for encoder-decoders)."""
-    import torch
-
-    vocab = model.lm_head.out_features
-    if args.input is not None:
-        ids = torch.tensor([_token_ids(args.input)])
-    elif args.length < 1:
-        raise ValueError(f"--length must be at least 1, got {args.length}")
-    else:
-        ids = torch.randint(0, vocab, (1, args.length))
-    if int(ids.max()) >= vocab:
-        raise ValueError(f"--input holds token id {int(ids.max())}, but the model's vocab is {vocab}")
-    return (lambda m: m(ids)) if model.kind == "lm" else (lambda m: m(ids, ids))
-
-
-def _model_from(text: str, registry: Registry) -> "torch.nn.Module":
-    """A saved model when ``text`` is an existing file, else the model a spec builds."""
-    from pathlib import Path
-
-    from plugformer.io import load
-    from plugformer.registry.builder import build
-
-    if Path(text).is_file():
-        return load(text, registry=registry)
-    return build(text, registry=registry)
 
 
 def _token_ids(text: str) -> list[int]:

@@ -13,7 +13,8 @@ import plugformer.cli as cli
 import plugformer.registry.discovery as discovery
 from plugformer.cli import main
 from plugformer.hooks import hookimpl
-from plugformer.registry.registry import Registry
+from plugformer.registry.discovery import PluginError
+from plugformer.registry.registry import Registry, default_registry
 
 
 class Kernel(nn.Module):
@@ -186,3 +187,69 @@ def test_a_new_subcommand_is_a_few_lines(reg, capsys, monkeypatch):
     assert "unknown kind 'nope'" in capsys.readouterr().err
     main(["--help"], registry=reg)
     assert "Count the parts of a kind." in capsys.readouterr().out
+
+
+def test_a_plugin_adds_a_command_through_the_hook(capsys):
+    plugin = types.ModuleType("pf_cli_greeter")
+
+    def greet(args: argparse.Namespace) -> int:
+        """Greet someone, loudly if asked."""
+        if not args.who:
+            raise ValueError("greet: WHO is empty; give a name")
+        print(f"hello {args.who}{'!' if args.loud else ''} ({len(args.registry.list('attention'))} kernels)")
+        return 0
+
+    @hookimpl
+    def plugformer_register_commands(commands):
+        commands.add("greet", greet, arguments=[(("who",), {}), (("--loud",), {"action": "store_true"})])
+
+    plugin.plugformer_register_commands = plugformer_register_commands
+    reg = Registry()
+    reg.add("attention", "dense", dense)
+    reg.register_plugin(plugin, name="greeter")
+
+    assert main(["greet", "you", "--loud"], registry=reg) == 0
+    assert capsys.readouterr().out == "hello you! (1 kernels)\n"
+    assert main(["greet", ""], registry=reg) == 2
+    assert "WHO is empty" in capsys.readouterr().err
+    assert main(["--help"], registry=reg) == 0
+    out = capsys.readouterr().out
+    assert "Greet someone, loudly if asked." in out and "list" in out
+    assert main(["greet"], registry=reg) == 2  # argparse: WHO missing
+
+    reg.unregister_plugin("greeter")
+    assert main(["greet", "you"], registry=reg) == 2
+
+
+def test_a_plugin_command_cannot_take_a_name_in_use(capsys, monkeypatch):
+    plugin = types.ModuleType("pf_cli_squatter")
+
+    @hookimpl
+    def plugformer_register_commands(commands):
+        commands.add("mine", lambda args: 0, help="mine")
+        commands.add("list", lambda args: 0, help="a second list")
+
+    plugin.plugformer_register_commands = plugformer_register_commands
+    reg = Registry()
+    reg.register_plugin(plugin, name="squatter")
+    monkeypatch.delenv("PLUGFORMER_STRICT", raising=False)
+    assert main(["list"], registry=reg) == 0  # the CLI's own list still runs
+    captured = capsys.readouterr()
+    assert "plugin 'squatter' failed to add its commands: command 'list' is taken" in captured.err
+    assert main(["mine"], registry=reg) == 2  # the failing plugin adds none of its commands
+    monkeypatch.setenv("PLUGFORMER_STRICT", "1")
+    with pytest.raises(PluginError, match="squatter"):
+        main(["list"], registry=reg)
+
+
+def test_routes_comes_from_the_bra_plugin_and_the_cli_does_not_import_it():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name and name.startswith("plugformer.plugins") for name in imported)
+    assert "routes" not in cli.COMMANDS
+    commands = cli.plugin_commands(default_registry())
+    assert commands["routes"].handler.__module__ == "plugformer.plugins.bra.cli"

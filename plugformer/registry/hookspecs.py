@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from plugformer.hooks import hookspec
 
 if TYPE_CHECKING:
+    from plugformer.cli import Commands
     from plugformer.registry.registry import Registry
 
 
@@ -23,4 +24,18 @@ def plugformer_register(registry: "Registry") -> None:
     as their first argument, named ``ctx``, and their spec arguments as typed keyword arguments
     with defaults; model and task factories take keyword arguments. The first line of a
     factory's docstring is the part's summary in ``plugformer list``.
+    """
+
+
+@hookspec
+def plugformer_register_commands(commands: "Commands") -> None:
+    """Add this plugin's subcommands to the ``plugformer`` command.
+
+    Call ``commands.add(name, handler, help=None, arguments=())`` once per command: ``handler``
+    takes the parsed ``argparse.Namespace`` (its ``registry`` attribute is the registry in use)
+    and returns the exit status; ``help`` defaults to the first line of the handler's
+    docstring; ``arguments`` are ``(flags, options)`` pairs as ``ArgumentParser.add_argument``
+    takes them. Raise ``ValueError`` or ``LookupError`` for errors the user caused: the CLI
+    prints them in one line and exits with status 2. The hook runs when the CLI starts, so keep
+    the module that implements it cheap to import and import heavy modules in the handler.
     """

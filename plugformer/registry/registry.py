@@ -322,6 +322,12 @@ class Registry:
         self._drop_parts_of(name)
         del self._plugins[name]
 
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        """The hooks of the loaded plugins, e.g. ``registry.hook.plugformer_register_commands``."""
+        self._ensure_loaded()
+        return self._pm.hook
+
     # -- internals --------------------------------------------------------------------------
 
     def _load_one(self, candidate: discovery.Candidate, strict: bool) -> None:
@@ -352,8 +358,8 @@ class Registry:
         self._pm.register(plugin, name=name)
         try:
             self._pm.check_pending()
-            hook = self._pm.hook.plugformer_register
-            if not any(impl.plugin is plugin for impl in hook.get_hookimpls()):
+            hooks = (self._pm.hook.plugformer_register, self._pm.hook.plugformer_register_commands)
+            if not any(impl.plugin is plugin for hook in hooks for impl in hook.get_hookimpls()):
                 hint = (
                     ": its plugformer_register is not marked with @plugformer.hookimpl"
                     if hasattr(plugin, "plugformer_register")

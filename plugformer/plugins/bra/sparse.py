@@ -1,6 +1,6 @@
 """Block-sparse attention over gathered tiles: the CPU path of bi-level routing attention.
 
-The attention is a flash-style ``autograd.Function`` over the tiles of :mod:`bra_tiles`. Chunk by
+The attention is a flash-style ``autograd.Function`` over the tiles of :mod:`.tiles`. Chunk by
 chunk of tiles (all heads at once, so that the number of operations does not grow with the
 heads), it gathers the chosen key regions with ``index_select`` (never ``gather`` on an
 expanded view, whose backward materialises the expansion), runs batched matmuls and a
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from plugformer.plugins.bra_tiles import Tiles
+from plugformer.plugins.bra.tiles import Tiles
 
 #: Scores per chunk of tiles, all heads together; bounds the working memory.
 CHUNK_ELEMENTS = 1 << 22
@@ -50,9 +50,9 @@ def tiled_attention(
     Args:
         q: (B, H, Lq, Dh).
         k, v: (B, Hkv, Lk, Dh), ``H % Hkv == 0``.
-        tiles: the tiles, see :class:`bra_tiles.Tiles`.
+        tiles: the tiles, see :class:`.tiles.Tiles`.
         region: tokens per key region (R).
-        allowed: which tile cells may attend, from :func:`bra_tiles.tile_mask`.
+        allowed: which tile cells may attend, from :func:`.tiles.tile_mask`.
         scale: multiplies q k^T.
         bias: additive scores (H, T, C, S * R), or None.
         dropout: dropout probability on the attention weights (0 = off).

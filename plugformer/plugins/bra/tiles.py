@@ -5,7 +5,7 @@ query region (its R queries, its S chosen regions): every query lives in exactly
 Token routing sorts the (query, chosen region) pairs by region and packs each region's queries
 into tiles of C rows and that one region (S = 1): a query lives in as many tiles as it chose
 regions, and its softmax spans all of them. :func:`tile_mask` says which cells of the tiles may
-attend (empty slots, padding, causality, a general mask); :mod:`bra_sparse` does the attention.
+attend (empty slots, padding, causality, a general mask); :mod:`.sparse` does the attention.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from plugformer.plugins.bra.routing import Geometry
 
 
 class Tiles(NamedTuple):
@@ -91,32 +93,27 @@ def token_tiles(routes: Tensor, *, nk: int, rows_per_tile: int) -> Tiles:
     )
 
 
-def tile_indices(tiles: Tiles, *, lq: int, lk: int, nk: int, region: int) -> tuple[Tensor, Tensor]:
+def tile_indices(tiles: Tiles, geometry: Geometry) -> tuple[Tensor, Tensor]:
     """Local query index (T, C) and key index (T, S * R) of every tile cell, clamped into range."""
-    q_idx = (tiles.rows - tiles.batch[:, None] * lq).clamp(0, lq - 1)
-    local_block = tiles.blocks - tiles.batch[:, None] * nk  # (T, S)
-    k_idx = local_block[:, :, None] * region + torch.arange(region, device=q_idx.device)
-    return q_idx, k_idx.flatten(1).clamp_max(lk - 1)
+    g = geometry
+    q_idx = (tiles.rows - tiles.batch[:, None] * g.lq).clamp(0, g.lq - 1)
+    local_block = tiles.blocks - tiles.batch[:, None] * g.nk  # (T, S)
+    k_idx = local_block[:, :, None] * g.region + torch.arange(g.region, device=q_idx.device)
+    return q_idx, k_idx.flatten(1).clamp_max(g.lk - 1)
 
 
 def tile_mask(
-    tiles: Tiles,
-    *,
-    lq: int,
-    lk: int,
-    nk: int,
-    region: int,
-    causal: bool,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
+    tiles: Tiles, geometry: Geometry, *, key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None
 ) -> Optional[Tensor]:
     """Which tile cells may attend: (T, C, S * R) bool, (H, T, C, S * R) for a per-head ``mask``,
     or None when every cell may.
 
     Empty slots, the padded tail, keys ``key_valid`` (B, Lk) marks padding, the bottom-right
-    causal mask and a general boolean ``mask`` (4-d, broadcastable to (B, H, Lq, Lk)) all apply.
+    causal mask of ``geometry`` and a general boolean ``mask`` (4-d, broadcastable to
+    (B, H, Lq, Lk)) all apply.
     """
-    if not causal and key_valid is None and mask is None and lq % region == 0 and lk % region == 0:
+    lq, lk, nk, region = geometry.lq, geometry.lk, geometry.nk, geometry.region
+    if not geometry.causal and key_valid is None and mask is None and lq % region == 0 and lk % region == 0:
         if bool(tiles.chosen.all()) and bool(tiles.filled.all()):
             return None
     device = tiles.rows.device
@@ -127,8 +124,8 @@ def tile_mask(
         padded = F.pad(key_valid, (0, nk * region - lk), value=False)
         key_ok = key_ok & padded[tiles.batch[:, None], k_pos]
     allowed = tiles.filled[:, :, None] & key_ok[:, None, :]  # (T, C, S*R)
-    q_idx, k_idx = tile_indices(tiles, lq=lq, lk=lk, nk=nk, region=region)
-    if causal:
+    q_idx, k_idx = tile_indices(tiles, geometry)
+    if geometry.causal:
         allowed = allowed & (k_pos[:, None, :] <= q_idx[:, :, None] + (lk - lq))
     if mask is not None:
         b_idx = tiles.batch if mask.shape[0] > 1 else torch.zeros_like(tiles.batch)

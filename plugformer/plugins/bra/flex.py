@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plugformer.plugins.bra_routing import chosen_regions, n_regions
+from plugformer.plugins.bra.routing import Geometry, chosen_regions
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -35,20 +35,13 @@ def _compiled() -> Callable:
 
 
 def block_mask(
-    routes: Tensor,
-    *,
-    token: bool,
-    lq: int,
-    lk: int,
-    region: int,
-    causal: bool,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
+    routes: Tensor, geometry: Geometry, *, key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None
 ) -> "BlockMask":
     """The ``BlockMask`` of a routing: routes (B, nq, S) (region) or (B, Lq, S) (token)."""
+    lq, lk, region, token, causal = geometry.lq, geometry.lk, geometry.region, geometry.token, geometry.causal
     b = routes.shape[0]
     device = routes.device
-    nk, nq = n_regions(lk, region), n_regions(lq, region)
+    nk, nq = geometry.nk, geometry.nq
     chosen = chosen_regions(routes, nk)  # (B, nq or Lq, nk): may query (region) attend key region
     if token:
         chosen = F.pad(chosen, (0, 0, 0, nq * region - lq), value=False)  # (B, nq*R, nk)
@@ -77,44 +70,18 @@ def block_mask(
     )
 
 
-def flex_bra(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    routes: Tensor,
-    *,
-    token: bool,
-    region: int,
-    causal: bool,
-    scale: float,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
-    bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-    compile: bool = True,
-) -> Tensor:
-    """Bi-level routing attention by ``flex_attention``.
-
-    Args:
-        q: (B, H, Lq, Dh); k, v: (B, Hkv, Lk, Dh).
-        routes: from :func:`bra_routing.route`.
-        token: whether ``routes`` come from token routing.
-        region, causal, scale: as the kernel's.
-        key_valid: (B, Lk) bool, True = real key.
-        mask: general boolean mask (B, Hm, Lq, Lk) or None.
-        bias: positional score bias ``bias(q_idx, k_idx) -> (H, *shape)``.
-        compile: run the compiled kernel (the fast one); eager materialises every score.
-
-    Returns:
-        (B, H, Lq, Dh); a query with no key to attend gets zeros.
+def flex_bra(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
+             key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+             bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None, compile: bool = True) -> Tensor:
+    """Bi-level routing attention by ``flex_attention``: arguments and result as
+    :func:`.cpu.masked_dense` (without dropout), and ``compile``: run the compiled kernel (the
+    fast one); eager materialises every score. A query with no key to attend gets zeros.
     """
     if not available():
         raise RuntimeError("bra: this torch has no torch.nn.attention.flex_attention; use backend='torch'")
-    lq, lk = q.shape[2], k.shape[2]
     if mask is not None:
-        mask = mask.expand(q.shape[0], -1, lq, lk)
-    blocks = block_mask(
-        routes, token=token, lq=lq, lk=lk, region=region, causal=causal, key_valid=key_valid, mask=mask
-    )
+        mask = mask.expand(q.shape[0], -1, geometry.lq, geometry.lk)
+    blocks = block_mask(routes, geometry, key_valid=key_valid, mask=mask)
     attend = _compiled() if compile else flex_attention
     return attend(
         q, k, v, score_mod=None if bias is None else _score_mod(bias), block_mask=blocks, scale=scale,

@@ -30,6 +30,7 @@ with ``S = min(topk, ceil(Lk / region))``, the other slots ordered by decreasing
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
@@ -38,6 +39,36 @@ from torch import Tensor
 
 Routing = Literal["region", "token", "auto"]
 ROUTINGS = ("region", "token", "auto")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the queries and keys of one attention call sit, and how they were routed.
+
+    Attributes:
+        lq: queries Lq; with ``causal``, query i sits at key position Lk - Lq + i.
+        lk: keys Lk.
+        region: tokens per key region R.
+        token: whether the routes come from token routing ((B, Lq, S)) rather than region
+            routing ((B, nq, S)).
+        causal: bottom-right causal attention.
+    """
+
+    lq: int
+    lk: int
+    region: int
+    token: bool
+    causal: bool
+
+    @property
+    def nq(self) -> int:
+        """Query regions: ceil(Lq / R)."""
+        return n_regions(self.lq, self.region)
+
+    @property
+    def nk(self) -> int:
+        """Key regions: ceil(Lk / R)."""
+        return n_regions(self.lk, self.region)
 
 
 def resolve_routing(routing: str, causal: bool) -> str:
@@ -156,34 +187,6 @@ def _top(scores: Tensor, n: int) -> Tensor:
     return index.masked_fill(values == -math.inf, -1)
 
 
-def route_map(routes: Tensor, *, region: int, lq: int, lk: int, token: bool) -> Tensor:
-    """Share of the queries of each query region that attend each key region, (nq, nk) float.
-
-    Query regions are cut by query position (Lk - Lq + i for token routing, so that a cached
-    decoding step lands in its own region); averaged over the batch. For plots.
-    """
-    nk = n_regions(lk, region)
-    if token:
-        position = torch.arange(lk - lq, lk, device=routes.device).clamp_min(0)
-        query_region = position.div(region, rounding_mode="floor")  # (Lq,)
-        nq = int(query_region.max()) + 1
-        counts = torch.ones_like(query_region).expand(routes.shape[0], lq)
-    else:
-        nq = routes.shape[1]
-        query_region = torch.arange(nq, device=routes.device)
-        counts = torch.full((routes.shape[0], nq), region, device=routes.device)
-        counts[:, -1] = lq - region * (nq - 1)
-    heat = torch.zeros(nq, nk + 1, device=routes.device)
-    chosen = routes.masked_fill(routes < 0, nk)  # empty slots go to a dropped column
-    rows = query_region[None, :, None].expand_as(chosen)
-    weight = counts[:, :, None].expand_as(chosen).to(heat.dtype)
-    heat.index_put_((rows.reshape(-1), chosen.reshape(-1)), weight.reshape(-1), accumulate=True)
-    queries = torch.zeros(nq, device=routes.device).index_add_(
-        0, query_region, counts.sum(0).to(heat.dtype)
-    )
-    return heat[:, :nk] / queries.clamp_min(1)[:, None]
-
-
 def chosen_regions(routes: Tensor, nk: int) -> Tensor:
     """Routes (B, rows, S), -1 = empty slot -> (B, rows, nk) bool: whether the row chose key region j."""
     chosen = torch.zeros(*routes.shape[:2], nk + 1, dtype=torch.bool, device=routes.device)
@@ -192,34 +195,27 @@ def chosen_regions(routes: Tensor, nk: int) -> Tensor:
 
 
 def routed_mask(
-    routes: Tensor,
-    *,
-    token: bool,
-    lq: int,
-    lk: int,
-    region: int,
-    causal: bool,
-    key_valid: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
+    routes: Tensor, geometry: Geometry, *, key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None
 ) -> Tensor:
     """The boolean attention mask bi-level routing amounts to, True = attend: a query sees a key
     when its routing chose the key's region, the key is real, and causality and ``mask`` allow it.
 
     Args:
         routes: from :func:`route`, (B, nq, S) for region routing, (B, Lq, S) for token routing.
-        token: whether ``routes`` come from token routing.
+        geometry: lengths, region, routing kind and causality of the call.
         key_valid: (B, Lk), True = real key.
         mask: general boolean mask broadcastable to (B, H, Lq, Lk).
 
     Returns:
         (B, 1, Lq, Lk), or (B, Hm, Lq, Lk) with a per-head ``mask``.
     """
-    chosen = chosen_regions(routes, n_regions(lk, region))
-    if not token:
-        chosen = chosen.repeat_interleave(region, dim=1)[:, :lq]  # every query of a region alike
-    allowed = chosen.repeat_interleave(region, dim=2)[:, None, :, :lk]  # (B, 1, Lq, Lk)
+    g = geometry
+    chosen = chosen_regions(routes, g.nk)
+    if not g.token:
+        chosen = chosen.repeat_interleave(g.region, dim=1)[:, : g.lq]  # every query of a region alike
+    allowed = chosen.repeat_interleave(g.region, dim=2)[:, None, :, : g.lk]  # (B, 1, Lq, Lk)
     if key_valid is not None:
         allowed = allowed & key_valid[:, None, None, :]
-    if causal:
-        allowed = allowed & torch.ones(lq, lk, dtype=torch.bool, device=routes.device).tril(lk - lq)
+    if g.causal:
+        allowed = allowed & torch.ones(g.lq, g.lk, dtype=torch.bool, device=routes.device).tril(g.lk - g.lq)
     return allowed if mask is None else allowed & mask

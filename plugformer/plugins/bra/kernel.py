@@ -1,0 +1,208 @@
+"""The ``bra`` attention kernel: route, then attend the chosen regions on the fastest path.
+
+Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention" (CVPR 2023), and for
+causal attention Lu et al., "MoBA: Mixture of Block Attention for Long-Context LLMs" (2025).
+Keys are cut into regions of ``region`` tokens; a cheap first level picks ``topk`` regions per
+query (:mod:`.routing`), and the second level is exact softmax attention over the tokens of the
+chosen regions only (:mod:`.cpu` with any device, ``flex_attention`` on CUDA, :mod:`.flex`).
+Cost grows as L * topk * region instead of L ** 2.
+
+Checked against: exact attention (``topk`` covering every region, ``lce=0``), dense attention
+under the mask the routing implies (any ``topk``), and the future/padding leak tests in
+``tests/plugins/bra/test_kernel.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor
+
+from plugformer.core.interfaces import AttentionKernel, ScoreBias
+from plugformer.plugins.bra.cpu import masked_dense, tiled
+from plugformer.plugins.bra.flex import available as flex_available
+from plugformer.plugins.bra.flex import flex_bra
+from plugformer.plugins.bra.local_context import LocalContext
+from plugformer.plugins.bra.routing import Geometry, Routing, resolve_routing, route
+
+Backend = Literal["auto", "torch", "flex"]
+BACKENDS = ("auto", "torch", "flex")
+
+
+class BiLevelRoutingAttention(AttentionKernel):
+    """Each query attends only the tokens of its ``topk`` best key regions.
+
+    Routing (see :func:`.routing.route`): ``region`` is BiFormer's (region-mean queries and keys,
+    one choice per query region shared by all heads), ``token`` is MoBA's (per query token, the
+    gate summed over heads so that one choice serves all heads; causal queries choose among
+    regions entirely before their own and always take their own), ``auto`` is token when
+    ``causal`` else region. The padded tail of the last region and keys a mask
+    blocks never take softmax weight nor enter a region mean. Grouped-query attention
+    (Hkv < H), key-padding and general boolean masks, positional biases (evaluated only at the
+    attended cells), KV-cache decoding (Lq < Lk, causal) and cross-attention (Lq != Lk) work.
+
+    Equals exact softmax attention when ``topk`` covers every region and ``lce=0``, and dense
+    attention under the mask its routing implies for any ``topk``.
+
+    The arguments are checked by the factory :func:`plugformer.plugins.bra.bra`, which builds
+    this kernel from a spec; built by hand, it trusts them.
+
+    Args:
+        heads: query heads H.
+        head_dim: width of a head Dh.
+        region: tokens per region. Default: 64.
+        topk: regions each query attends, its own region included for causal token routing;
+            more than the sequence has means all of them. Default: 4.
+        routing: ``region``, ``token`` or ``auto``. The cross-attention of a causal decoder needs
+            ``token`` (:func:`bra` sees to it): region-mean queries would mix in later decoder
+            tokens. Default: ``auto``.
+        lce: kernel size of the local-context enhancement, a depthwise conv over V added to the
+            output (:class:`LocalContext`); 0 = off. Default: 0.
+        scale: multiplies q k^T. Default: head_dim ** -0.5.
+        backend: ``torch`` (any device), ``flex`` (``flex_attention`` with a block mask, CUDA
+            only) or ``auto`` (flex on CUDA without dropout, else torch). Default: ``auto``.
+        dropout: dropout on the attention weights while training. Default: 0.
+        cross: whether queries and keys come from different sequences; when False and
+            Lq == Lk, the keys a key-padding mask blocks are padded queries too and stay out of
+            the query-region means. Default: False.
+        dense_up_to: up to this many keys the torch backend computes every score and masks
+            those the routing left out (:func:`.cpu.masked_dense`); longer inputs gather tiles
+            (:func:`.cpu.tiled`). Both give the same attention; the masked one is 5x faster at
+            16 tokens, where the tiles' routing and gathers cost more than the scores they save
+            (``benchmarks/bra_short.py`` measures the crossover: 64-128 keys bidirectional,
+            128-256 causal, on 2 CPU cores). 0 = always tiles. Default: 64.
+    """
+
+    supports_causal = True
+    supports_bias = True
+    supports_cache = True
+    supports_mask = True
+
+    def __init__(
+        self,
+        *,
+        heads: int,
+        head_dim: int,
+        region: int = 64,
+        topk: int = 4,
+        routing: Routing = "auto",
+        lce: int = 0,
+        scale: Optional[float] = None,
+        backend: Backend = "auto",
+        dropout: float = 0.0,
+        cross: bool = False,
+        dense_up_to: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.region, self.topk, self.routing = region, topk, routing
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.backend, self.dropout, self.cross = backend, dropout, cross
+        self.dense_up_to = dense_up_to
+        self.lce = (
+            LocalContext(heads=heads, head_dim=head_dim, kernel_size=lce, device=device, dtype=dtype)
+            if lce
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"region={self.region}, topk={self.topk}, routing={self.routing!r}, "
+            f"scale={self.scale:.4g}, backend={self.backend!r}, dropout={self.dropout}, "
+            f"dense_up_to={self.dense_up_to}"
+        )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                causal: bool = False, bias: Optional[ScoreBias] = None) -> Tensor:
+        """Attend each query to the tokens of its chosen regions: (B, H, Lq, Dh) out.
+
+        q is (B, H, Lq, Dh), k and v (B, Hkv, Lk, Dh) with ``H % Hkv == 0``; ``mask`` is boolean,
+        True = may attend, broadcastable to (B, H, Lq, Lk) (key-padding masks (B, 1, 1, Lk) are
+        the cheap case); with ``causal`` query i sits at position Lk - Lq + i and sees keys up to
+        it; ``bias(q_idx, k_idx) -> (H, *shape)`` is a positional score bias. A query with no key
+        to attend gets zeros.
+        """
+        b, h, lq, _ = q.shape
+        geometry = self.geometry(q, k, causal=causal)
+        key_valid, general = split_mask(mask, b, h, lq, geometry.lk)
+        context = None
+        if self.lce is not None:
+            context = self.lce(v, heads=h, lq=lq, causal=causal, key_valid=key_valid)
+        routes = self._route(q, k, geometry, key_valid)
+        dropout = self.dropout if self.training else 0.0
+        if self._use_flex(q, dropout):
+            attend, options = flex_bra, {}
+        else:
+            attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
+            options = {"dropout": dropout}
+        out = attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
+                     bias=bias, **options)
+        return out if context is None else out + context
+
+    def geometry(self, q: Tensor, k: Tensor, *, causal: bool = False) -> Geometry:
+        """The lengths, region, routing kind and causality of attending ``q`` to ``k``."""
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(
+                f"bra: query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
+            )
+        token = resolve_routing(self.routing, causal) == "token"
+        return Geometry(lq=q.shape[2], lk=k.shape[2], region=self.region, token=token, causal=causal)
+
+    def route(self, q: Tensor, k: Tensor, *, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+        """The key regions :meth:`forward` would attend for these queries and keys.
+
+        Args: as :meth:`forward`. Returns: region indices, -1 in empty slots, (B, nq, S) for
+        region routing and (B, Lq, S) for token routing (``self.geometry(q, k).token``).
+        """
+        geometry = self.geometry(q, k, causal=causal)
+        key_valid, _ = split_mask(mask, q.shape[0], q.shape[1], geometry.lq, geometry.lk)
+        return self._route(q, k, geometry, key_valid)
+
+    def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor]) -> Tensor:
+        self_region = not geometry.token and not self.cross and geometry.lq == geometry.lk
+        return route(
+            q, k, region=self.region, topk=self.topk, causal=geometry.causal,
+            routing="token" if geometry.token else "region", key_mask=key_valid,
+            query_mask=key_valid if self_region else None,
+        )  # region: (B, nq, S); token: (B, Lq, S)
+
+    def _use_flex(self, q: Tensor, dropout: float) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "flex":
+            if q.device.type != "cuda" or not flex_available():
+                raise RuntimeError(
+                    f"bra(backend='flex') needs CUDA tensors and torch.nn.attention.flex_attention; "
+                    f"got {q.device.type} tensors; use backend='torch' or 'auto'"
+                )
+            if dropout > 0:
+                raise RuntimeError(
+                    "bra(backend='flex') has no attention dropout; use backend='auto' to train with dropout"
+                )
+            return True
+        return q.device.type == "cuda" and dropout == 0 and flex_available()
+
+
+def split_mask(
+    mask: Optional[Tensor], b: int, h: int, lq: int, lk: int
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """A boolean attend-mask -> (which keys are real (B, Lk), the mask (B, Hm, Lq, Lk) view or
+    None when it only marks key padding)."""
+    if mask is None:
+        return None, None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"bra: mask must be boolean (True = may attend), got {mask.dtype}")
+    if mask.dim() > 4:
+        raise ValueError(f"bra: mask must broadcast to (B, H, Lq, Lk), got shape {tuple(mask.shape)}")
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if any(size not in (1, want) for size, want in zip(mask.shape, (b, h, lq, lk))):
+        raise ValueError(
+            f"bra: mask of shape {tuple(mask.shape)} does not broadcast to (B={b}, H={h}, Lq={lq}, Lk={lk})"
+        )
+    key_valid = mask.any(dim=2).any(dim=1).expand(b, lk)  # (B, Lk)
+    if mask.shape[1] == 1 and mask.shape[2] == 1:
+        return key_valid, None
+    return key_valid, mask.expand(b, -1, lq, lk)
