@@ -7,6 +7,9 @@
     print(result.table())
     result.save("results/")
 
+The task interface (`Task`, the batches, ``IGNORE_INDEX``, `EvalResult`) and `make_task` live in
+:mod:`plugformer.tasks`; they are re-exported here, where they were first defined.
+
 ``plugformer.compare`` is both this package and the function: the package is callable and calls
 `compare`, so ``plugformer.compare(...)`` works however it was first imported.
 """
@@ -20,8 +23,8 @@ from typing import Any
 
 from plugformer.compare.flops import count_flops
 from plugformer.compare.result import Comparison, EvalResult, VariantResult
-from plugformer.compare.runner import CompareError, Progress, compare, make_task
-from plugformer.compare.task import IGNORE_INDEX, Example, LMBatch, Seq2SeqBatch, Task
+from plugformer.compare.runner import CompareError, Progress, compare
+from plugformer.tasks import IGNORE_INDEX, Example, LMBatch, Seq2SeqBatch, Task, make_task
 
 __all__ = [
     "IGNORE_INDEX", "CompareError", "Comparison", "EvalResult", "Example", "LMBatch", "Progress",

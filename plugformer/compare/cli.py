@@ -58,6 +58,11 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--device",), {"default": "cpu", "help": "cpu, cuda, cuda:1, ..."}),
     (("--schedule",), {"default": "onecycle", "choices": ["onecycle", "cosine", "constant"],
                        "help": "learning-rate schedule"}),
+    (("--precision",), {"default": "fp32", "choices": ["fp32", "bf16"],
+                        "help": "fp32, or bf16 autocast (weights stay fp32)"}),
+    (("--compile",), {"action": "store_true", "help": "torch.compile every block of each variant"}),
+    (("--grad-accum",), {"type": int, "default": 1, "metavar": "K",
+                         "help": "micro-batches per step; --batch must be a multiple (default: 1)"}),
     (("--threads",), {"type": int, "default": None,
                       "help": "CPU threads for torch (default: torch's choice). Models this small "
                               "often run fastest on 1, and a busy machine hurts more threads"}),
@@ -173,6 +178,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
             specs, settings["task"], steps=settings["steps"], batch=settings["batch"],
             lr=settings["lr"], seed=args.seed, device=args.device, eval_lengths=eval_lengths,
             progress=bars, timing_repeats=args.timing_repeats, schedule=args.schedule,
+            precision=args.precision, compile=args.compile, grad_accum=args.grad_accum,
             registry=getattr(args, "registry", None),
         )
     print(result.table("text"), end="")

@@ -16,27 +16,12 @@ from typing import Any, Optional, Union
 
 import attrs
 
+from plugformer.tasks.metrics import EvalResult
+
 __all__ = ["EvalResult", "VariantResult", "Comparison", "FORMAT"]
 
 FORMAT = "plugformer.comparison/1"
 _MIB = 2**20
-
-
-@attrs.define
-class EvalResult:
-    """Held-out scores at one length.
-
-    Attributes:
-        length: the task length evaluated (tokens, or key-value pairs for ``mqar``).
-        loss: mean cross-entropy per scored token.
-        accuracy: fraction of scored tokens predicted right (answer accuracy for ``mqar``).
-        exact_match: fraction of examples whose scored tokens are all right.
-    """
-
-    length: int
-    loss: float
-    accuracy: float
-    exact_match: float
 
 
 @attrs.define

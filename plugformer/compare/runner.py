@@ -10,35 +10,40 @@ The phases, in order:
    cannot serve, stops the comparison here, before anything trains (`CompareError`).
 2. Measure each variant on one training batch: parameters, FLOPs, peak memory, then forward and
    forward+backward time, round-robin across variants.
-3. Train each variant in turn (AdamW, one-cycle or cosine LR, gradient clipping), then score it
-   on the held-out set at every eval length. A variant that fails at run time — an exception,
+3. Train each variant in turn (AdamW, one-cycle or cosine LR, gradient clipping: the step of
+   :mod:`plugformer.train.step`, shared with ``train``), then score it on the held-out set at
+   every eval length (:mod:`plugformer.train.evaluate`). A variant that fails at run time — an exception,
    running out of memory, a non-finite loss or gradient — stops with the reason in its row; the
    others go on.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import plugformer
 from plugformer.compare import flops as flop_counting
 from plugformer.compare import timing
-from plugformer.compare.result import Comparison, EvalResult
-from plugformer.compare.task import IGNORE_INDEX, Batch, Task, batch_metrics
-from plugformer.compare.variants import CompareError, Variant, build_variants, make_task
+from plugformer.compare.result import Comparison
+from plugformer.compare.variants import CompareError, Variant, build_variants
 from plugformer.registry.registry import Registry
 from plugformer.registry.spec import Spec
+from plugformer.tasks.base import Batch, Task
+from plugformer.tasks.lookup import make_task
+from plugformer.train.data import BatchPlan, slice_rows
+from plugformer.train.distributed import Dist
+from plugformer.train.evaluate import evaluate
+from plugformer.train.step import (PRECISIONS, SCHEDULES, NonFinite, autocast, compile_blocks,
+                                   loss_sums, optimizer_step, set_schedule)
 
 __all__ = ["compare", "CompareError", "Progress", "make_task"]
 
-SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @attrs.frozen
@@ -86,119 +91,92 @@ def _reason(err: BaseException) -> str:
 # ------------------------------------------------------------------------------------- steps
 
 
-def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    logits = batch.logits(model)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(),
-                           ignore_index=IGNORE_INDEX)
-    aux_loss = getattr(model, "aux_loss", None)
-    extra = aux_loss() if callable(aux_loss) else None
-    return loss if extra is None else loss + extra
+def _logits(model: nn.Module, batch: Batch, precision: str) -> torch.Tensor:
+    with autocast(batch.targets.device, precision):
+        return batch.logits(model)
 
 
-def _forward(model: nn.Module, batch: Batch) -> None:
+def _forward(model: nn.Module, batch: Batch, precision: str) -> None:
     model.eval()
     with torch.no_grad():
-        batch.logits(model)
+        _logits(model, batch, precision)
 
 
-def _forward_backward(model: nn.Module, batch: Batch) -> None:
+def _forward_backward(model: nn.Module, batch: Batch, precision: str) -> None:
     model.train()
     model.zero_grad(set_to_none=True)
-    _loss(model, batch).backward()
+    sum(loss_sums(model, batch, precision)).backward()
     model.zero_grad(set_to_none=True)
 
 
 def _measure(variants: list[Variant], batch: Batch, device: torch.device, repeats: int,
-             notify: Callable[..., None]) -> None:
-    """FLOPs, peak memory and time of one batch for every variant still standing."""
+             notify: Callable[..., None], *, precision: str, compile: bool) -> None:
+    """FLOPs, peak memory and time of one batch for every variant still standing.
+
+    FLOPs are counted on the eager model; with ``compile`` the blocks are compiled next, so
+    memory and time are those of the compiled model that trains.
+    """
     for variant in variants:
         if variant.model is None:
             continue
         notify(variant, "measure")
         model = variant.model
         try:
-            variant.row.flops_fwd = flop_counting.count_flops(model, batch.logits)
-            variant.row.flops_fwd_bwd = flop_counting.count_flops(model, batch.logits, backward=True)
-            _forward_backward(model, batch)  # warm up before measuring memory
-            variant.row.mem_fwd_bytes = timing.peak_memory(lambda: _forward(model, batch), device=device)
+            forward = functools.partial(_logits, batch=batch, precision=precision)
+            variant.row.flops_fwd = flop_counting.count_flops(model, forward)
+            variant.row.flops_fwd_bwd = flop_counting.count_flops(model, forward, backward=True)
+            if compile:
+                compile_blocks(model)
+            _forward_backward(model, batch, precision)  # warm up before measuring memory
+            variant.row.mem_fwd_bytes = timing.peak_memory(
+                lambda: _forward(model, batch, precision), device=device)
             variant.row.mem_fwd_bwd_bytes = timing.peak_memory(
-                lambda: _forward_backward(model, batch), device=device)
+                lambda: _forward_backward(model, batch, precision), device=device)
         except Exception as err:
             _fail(variant, f"while measuring: {_reason(err)}")
     standing = [v for v in variants if v.model is not None]
     for name, step in (("time_fwd_s", _forward), ("time_fwd_bwd_s", _forward_backward)):
-        calls = [lambda m=v.model, f=step: f(m, batch) for v in standing]
+        calls = [lambda m=v.model, f=step: f(m, batch, precision) for v in standing]
         for variant, seconds in zip(standing, timing.time_interleaved(calls, repeats=repeats, device=device)):
             setattr(variant.row, name, seconds)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, steps: int):
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    if schedule == "cosine":
-        warmup = max(1, steps // 20)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-
-
 def _train(variant: Variant, task: Task, *, steps: int, batch_size: int, lr: float, seed: int,
            device: torch.device, schedule: str, weight_decay: float, clip: float,
-           notify: Callable[..., None]) -> None:
+           precision: str, grad_accum: int, notify: Callable[..., None]) -> None:
     model = variant.model
     torch.manual_seed(seed)
     model.train()
     # foreach: one kernel per step for all parameters, not one per tensor; PyTorch picks it by
     # itself only on CUDA, and on CPU it takes a quarter off a tiny model's step.
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
-    scheduler = _scheduler(optimizer, schedule, lr, steps)
+    plan = BatchPlan(batch_size, 1, grad_accum)
+    where = Dist(device=device)
     for step in range(steps):
-        batch = task.batch(step, batch_size, seed=seed, kind=model.kind).to(device)
-        loss = _loss(model, batch)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise _VariantFailed(f"non-finite loss ({value}) at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf))
-        if not math.isfinite(norm):
-            raise _VariantFailed(f"non-finite gradient norm ({norm}) at step {step}")
-        optimizer.step()
-        scheduler.step()
-        variant.row.losses.append(value)
+        set_schedule(optimizer, step, steps, lr, schedule)
+        batch = task.batch(step, batch_size, seed=seed, kind=model.kind)
+        try:
+            done = optimizer_step(model, optimizer, batch, plan, where, precision=precision, clip=clip)
+        except NonFinite as err:
+            raise _VariantFailed(f"{err} at step {step}") from None
+        variant.row.losses.append(done.loss)
         variant.row.steps_done = step + 1
-        notify(variant, "train", step=step + 1, loss=value)
+        notify(variant, "train", step=step + 1, loss=done.loss)
 
 
 def _train_and_evaluate(variant: Variant, task: Task, *, steps: int, device: torch.device,
-                        notify: Callable[..., None], **settings: Any) -> None:
+                        precision: str, notify: Callable[..., None], **settings: Any) -> None:
     """Train ``variant`` and score it at every eval length, timing both; raises on failure."""
     start = time.perf_counter()
     try:
-        _train(variant, task, steps=steps, device=device, notify=notify, **settings)
+        _train(variant, task, steps=steps, device=device, precision=precision, notify=notify,
+               **settings)
     finally:
         variant.row.train_s = time.perf_counter() - start
     notify(variant, "eval", step=steps)
     start = time.perf_counter()
-    variant.row.evals = _evaluate(variant.model, task, device)
+    variant.row.evals = evaluate(variant.model, task, Dist(device=device), precision=precision)
     variant.row.eval_s = time.perf_counter() - start
-
-
-def _evaluate(model: nn.Module, task: Task, device: torch.device) -> list[EvalResult]:
-    model.eval()
-    results = []
-    with torch.no_grad():
-        for length in task.lengths:
-            totals: dict[str, float] = {}
-            for batch in task.eval_batches(length, model.kind):
-                batch = batch.to(device)
-                for key, value in batch_metrics(batch.logits(model), batch.targets).items():
-                    totals[key] = totals.get(key, 0) + value
-            tokens = max(totals["tokens"], 1)
-            results.append(EvalResult(length=length, loss=totals["loss_sum"] / tokens,
-                                      accuracy=totals["correct"] / tokens,
-                                      exact_match=totals["exact"] / totals["rows"]))
-    return results
 
 
 # ------------------------------------------------------------------------------------- compare
@@ -220,6 +198,9 @@ def compare(
     schedule: str = "onecycle",
     weight_decay: float = 0.01,
     clip: float = 1.0,
+    precision: str = "fp32",
+    compile: bool = False,
+    grad_accum: int = 1,
     registry: Optional[Registry] = None,
 ) -> Comparison:
     """Train and measure model variants on one synthetic task, on equal terms.
@@ -229,7 +210,7 @@ def compare(
             choices expand to several (``"transformer_tiny(attn={dense, fused})"``).
         task: a registered task by name or spec (``"copy"``, ``"mqar(pairs=16)"``), or a `Task`.
         steps: training steps per variant.
-        batch: examples per training batch.
+        batch: examples per optimiser step (split into ``grad_accum`` micro-batches).
         lr: peak learning rate of AdamW.
         seed: seeds the model initialisation, the data and dropout; the same for every variant.
         device: where the models run.
@@ -237,15 +218,24 @@ def compare(
         task_args: arguments of the task (``{"length": 8}``), over those of its spec.
         progress: called with a `Progress` as the comparison advances (for progress bars).
         timing_repeats: timed rounds; the median is reported.
-        schedule: learning-rate schedule: ``onecycle``, ``cosine`` (5% warm-up) or ``constant``.
+        schedule: learning-rate schedule: ``onecycle`` (the default here), ``cosine`` (5% warm-up)
+            or ``constant``; see `plugformer.train.step.schedule_at`.
         weight_decay: AdamW weight decay.
         clip: gradient-norm clipping threshold; 0 turns it off.
+        precision: ``fp32``, or ``bf16`` (autocast in training, measurement and evaluation;
+            weights and optimiser state stay fp32).
+        compile: ``torch.compile`` every block of each variant (after its FLOPs are counted).
+        grad_accum: micro-batches per optimiser step; ``batch`` must be a multiple of it. The
+            update equals that of one batch of ``batch`` examples; time and memory are measured
+            on one micro-batch.
         registry: where to look parts and tasks up. Default: the default registry.
 
     Returns:
         A `Comparison` with one row per variant, in order.
 
     Raises:
+        ValueError: a bad number or choice (``steps``, ``lr``, ``schedule``, ``precision``, a
+            ``batch`` that ``grad_accum`` does not divide).
         SpecError: the task is unknown (with did-you-mean) or its arguments are wrong.
         CompareError: a variant does not parse or build, or the task cannot serve it; raised
             before anything trains.
@@ -256,6 +246,9 @@ def compare(
         raise ValueError(f"lr must be > 0, got {lr}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    plan = BatchPlan(batch, 1, grad_accum)
     started = time.perf_counter()
     device = torch.device(device)
     the_task = make_task(task, task_args=task_args, eval_lengths=eval_lengths, registry=registry)
@@ -269,9 +262,11 @@ def compare(
                               stage=stage, step=step, steps=steps, loss=loss, message=message))
 
     kinds = {v.row.kind for v in variants}
-    probes = {kind: the_task.batch(0, batch, seed=seed, kind=kind).to(device) for kind in kinds}
+    probes = {kind: slice_rows(the_task.batch(0, batch, seed=seed, kind=kind), plan.rows(0, 0)).to(device)
+              for kind in kinds}
     for kind, probe in probes.items():
-        _measure([v for v in variants if v.row.kind == kind], probe, device, timing_repeats, notify)
+        _measure([v for v in variants if v.row.kind == kind], probe, device, timing_repeats, notify,
+                 precision=precision, compile=compile)
     for variant in variants:
         if variant.model is None:
             notify(variant, "failed", message=variant.row.error)
@@ -279,7 +274,8 @@ def compare(
         try:
             _train_and_evaluate(variant, the_task, steps=steps, batch_size=batch, lr=lr,
                                 seed=seed, device=device, schedule=schedule,
-                                weight_decay=weight_decay, clip=clip, notify=notify)
+                                weight_decay=weight_decay, clip=clip, precision=precision,
+                                grad_accum=grad_accum, notify=notify)
         except Exception as err:
             _fail(variant, _reason(err))
             if device.type == "cuda":
@@ -292,6 +288,7 @@ def compare(
     settings = {
         "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": str(device),
         "schedule": schedule, "weight_decay": weight_decay, "clip": clip,
+        "precision": precision, "compile": compile, "grad_accum": grad_accum,
         "timing_repeats": timing_repeats, "optimizer": "AdamW",
         "memory_method": timing.MEMORY_METHOD.get(device.type, "not measured"),
         "torch": torch.__version__, "plugformer": plugformer.__version__,

@@ -38,7 +38,7 @@ BUILTIN_PLUGINS = (
     "plugformer.plugins.block_variants",
     "plugformer.plugins.models",
     "plugformer.plugins.presets_modern",
-    "plugformer.plugins.tasks",
+    "plugformer.tasks.synthetic",
 )
 
 STRICT_ENV = "PLUGFORMER_STRICT"

@@ -10,7 +10,8 @@
     #       --steps 2000 --batch 64 --out runs/mqar --strategy fsdp
 
 ``batch`` is the global batch, so the same arguments give the same loss curve on any number
-of ranks. See :mod:`plugformer.train.loop` for the step, :mod:`plugformer.train.data` for the
+of ranks. See :mod:`plugformer.train.step` for the step (shared with ``compare``),
+:mod:`plugformer.train.loop` for the loop, :mod:`plugformer.train.data` for the
 split of the data and :mod:`plugformer.train.checkpoint` for checkpoints and the final file.
 """
 

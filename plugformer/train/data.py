@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from plugformer.compare.task import IGNORE_INDEX, Batch, LMBatch, Seq2SeqBatch
+from plugformer.tasks.base import IGNORE_INDEX, Batch, LMBatch, Seq2SeqBatch
 
 __all__ = ["BatchPlan", "slice_rows", "scored_tokens", "input_tokens"]
 

@@ -1,12 +1,13 @@
-"""Held-out scores of a model that may be sharded across ranks."""
+"""Held-out scores of a model that may be sharded across ranks; what `compare` and `train`
+both evaluate with."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from plugformer.compare.result import EvalResult
-from plugformer.compare.task import Task, batch_metrics
+from plugformer.tasks.base import Task
+from plugformer.tasks.metrics import METRIC_KEYS, EvalResult, batch_metrics, eval_result
 from plugformer.train.data import slice_rows
 from plugformer.train.distributed import Dist, all_reduce_sum, autocast, unwrap
 
@@ -28,7 +29,7 @@ def evaluate(model: nn.Module, task: Task, where: Dist = Dist(), *,
     results = []
     with torch.no_grad():
         for length in task.lengths:
-            totals = torch.zeros(5, dtype=torch.float64, device=where.device)
+            totals = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=where.device)
             for batch in task.eval_batches(length, kind):
                 rows = batch.targets.shape[0]
                 shared = rows >= where.world
@@ -39,11 +40,9 @@ def evaluate(model: nn.Module, task: Task, where: Dist = Dist(), *,
                     logits = part.logits(model)
                 if shared or where.is_main:
                     scores = batch_metrics(logits, part.targets)
-                    totals += torch.tensor([scores["loss_sum"], scores["tokens"], scores["correct"],
-                                            scores["rows"], scores["exact"]],
+                    totals += torch.tensor([scores[key] for key in METRIC_KEYS],
                                            dtype=torch.float64, device=where.device)
-            loss_sum, tokens, correct, rows, exact = all_reduce_sum(totals, where).tolist()
-            results.append(EvalResult(length=length, loss=loss_sum / max(tokens, 1),
-                                      accuracy=correct / max(tokens, 1), exact_match=exact / max(rows, 1)))
+            summed = all_reduce_sum(totals, where).tolist()
+            results.append(eval_result(length, dict(zip(METRIC_KEYS, summed))))
     model.train(was_training)
     return results

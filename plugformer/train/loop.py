@@ -11,6 +11,8 @@ see :mod:`plugformer.train.distributed`. Each step:
 3. gradients are clipped by their global norm, AdamW steps with the LR of this step, and the
    loss (summed over ranks) goes to the progress bar and ``metrics.jsonl``.
 
+Steps 2 and 3 and the schedule are :mod:`plugformer.train.step`, which ``compare`` runs too.
+
 Randomness (dropout, routing noise) is reseeded from ``(seed, step, rank)`` at every step, and
 the learning rate is a function of the step, so a run resumed from a checkpoint continues as
 if it had never stopped.
@@ -19,7 +21,6 @@ if it had never stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -29,26 +30,27 @@ from typing import Any, Optional, Union
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from plugformer.compare.result import EvalResult
-from plugformer.compare.task import IGNORE_INDEX, Batch, Task
 from plugformer.registry.registry import Registry
 from plugformer.registry.spec import Spec
+from plugformer.tasks.base import Task
+from plugformer.tasks.metrics import EvalResult
 from plugformer.train import checkpoint
-from plugformer.train.data import BatchPlan, input_tokens, scored_tokens, slice_rows
+from plugformer.train.data import BatchPlan, input_tokens
 from plugformer.train.distributed import (FSDP_USEFUL_PARAMS, STRATEGIES, Dist, agree,
-                                          all_reduce_sum, autocast, find_blocks, gradient_sync,
-                                          setup, unwrap, wrap)
+                                          find_blocks, setup, unwrap, wrap)
 from plugformer.train.evaluate import evaluate
 from plugformer.train.report import Reporter
+from plugformer.train.step import (PRECISIONS, NonFinite, compile_blocks, lr_at, optimizer_step,
+                                   set_schedule)
 
 __all__ = ["train", "TrainResult", "TrainError", "lr_at", "SCHEDULES", "PRECISIONS",
            "STOP_AFTER_ENV", "STOPPED_EXIT_CODE"]
 
+#: The schedules of `plugformer.train.step.schedule_at` that ``train`` offers, as it always has
+#: (``onecycle`` is ``compare``'s default).
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
 MODEL_FILE = "model.safetensors"
 SUMMARY_FILE = "summary.json"
 #: Test hook: after this many steps every rank exits at once (``os._exit``), as if killed.
@@ -89,15 +91,6 @@ class TrainResult:
     wall_s: float
 
 
-def lr_at(step: int, steps: int, lr: float, schedule: str) -> float:
-    """Learning rate of step ``step`` (0-based) of ``steps``: ``constant``, or ``cosine``
-    (linear warm-up over the first 5% of steps, then cosine decay to zero)."""
-    if schedule == "constant":
-        return lr
-    warmup = max(1, steps // 20)
-    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-
-
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return ((int(seed) * 1_000_003 + int(step)) * 4099 + int(rank)) % 2**63
 
@@ -111,11 +104,6 @@ def _check_writable(directory: Path) -> Path:
     except OSError as err:
         raise ValueError(f"cannot write to --out {str(directory)!r}: {err.strerror or err}") from None
     return directory
-
-
-def _as_float(value: torch.Tensor) -> float:
-    full = getattr(value, "full_tensor", None)  # a DTensor under FSDP
-    return float(full() if callable(full) else value)
 
 
 @attrs.define
@@ -137,41 +125,18 @@ class _Run:
         """Run optimiser step ``step`` (0-based); returns its metrics record."""
         started = time.perf_counter()
         where, plan, model = self.where, self.plan, self.model
-        lr = lr_at(step, self.state.steps, self.lr, self.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_schedule(self.optimizer, step, self.state.steps, self.lr, self.schedule)
         batch = self.task.batch(step, plan.global_batch, kind=unwrap(model).kind, seed=self.state.seed)
-        scored = max(scored_tokens(batch), 1)
         torch.manual_seed(_step_seed(self.state.seed, step, where.rank))
-        sums = torch.zeros(2, device=where.device)  # (token-loss sum, aux-loss sum) of this rank
-        for micro in range(plan.accum):
-            part = slice_rows(batch, plan.rows(where.rank, micro)).to(where.device)
-            with gradient_sync(model, micro == plan.accum - 1):
-                token_loss, aux = self._losses(part)
-                (token_loss * (where.world / scored) + aux / plan.accum).backward()
-            sums += torch.stack([token_loss.detach(), aux.detach()])
-        token_sum, aux_sum = all_reduce_sum(sums, where).tolist()
-        loss = token_sum / scored + aux_sum / (plan.accum * where.world)
-        if not math.isfinite(loss):
-            raise TrainError(f"non-finite loss ({loss}) at step {step + 1}; lower --lr or use fp32")
-        norm = _as_float(nn.utils.clip_grad_norm_(model.parameters(), self.clip if self.clip > 0 else math.inf))
-        if not math.isfinite(norm):
-            raise TrainError(f"non-finite gradient norm ({norm}) at step {step + 1}; lower --lr")
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            done = optimizer_step(model, self.optimizer, batch, plan, where,
+                                  precision=self.precision, clip=self.clip)
+        except NonFinite as err:
+            hint = "lower --lr or use fp32" if err.what == "loss" else "lower --lr"
+            raise TrainError(f"{err} at step {step + 1}; {hint}") from None
         seconds = time.perf_counter() - started
-        return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
+        return {"step": step + 1, "loss": done.loss, "lr": lr, "grad_norm": done.grad_norm,
                 "tokens_per_s": input_tokens(batch) / seconds, "time_s": seconds}
-
-    def _losses(self, part: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.where.device, self.precision):
-            logits = part.logits(self.model)
-            token_loss = F.cross_entropy(logits.flatten(0, 1).float(), part.targets.flatten(),
-                                         ignore_index=IGNORE_INDEX, reduction="sum")
-            aux_loss = getattr(unwrap(self.model), "aux_loss", None)
-            extra = aux_loss() if callable(aux_loss) else None
-        aux = torch.zeros((), device=token_loss.device) if extra is None else torch.as_tensor(extra).float()
-        return token_loss, aux
 
 
 def _prepare(spec: Union[str, Spec], task: Union[str, Spec, Task], *, out: Path, steps: int,
@@ -179,8 +144,8 @@ def _prepare(spec: Union[str, Spec], task: Union[str, Spec, Task], *, out: Path,
              where: Dist, registry: Optional[Registry]) -> tuple[Task, BatchPlan, nn.Module,
                                                                  checkpoint.RunState, Optional[Path]]:
     """Everything that can fail because of what the user asked, before any collective."""
-    from plugformer.compare.variants import make_task
     from plugformer.registry.builder import build
+    from plugformer.tasks.lookup import make_task
 
     the_task = make_task(task, registry=registry)
     plan = BatchPlan(batch, where.world, grad_accum)
@@ -242,7 +207,8 @@ def train(
             a multiple of ``world size * grad_accum``.
         strategy: ``ddp`` (replicas) or ``fsdp`` (FSDP2, sharded per block); moot when alone.
         lr: peak learning rate of AdamW.
-        schedule: ``cosine`` (5% warm-up, decay to zero) or ``constant``.
+        schedule: ``cosine`` (5% warm-up, decay to zero) or ``constant``; see
+            `plugformer.train.step.schedule_at`.
         weight_decay: AdamW weight decay.
         clip: gradient-norm clipping threshold; 0 turns it off.
         precision: ``fp32``, or ``bf16`` (autocast; weights and optimiser state stay fp32).
@@ -284,8 +250,7 @@ def train(
     if where.is_main and where.world > 1 and strategy == "fsdp":
         _warn_if_small(model)
     if compile:
-        for block in find_blocks(model):
-            block.compile()
+        compile_blocks(model)
     wrapped = wrap(model, strategy, where,
                    find_unused_parameters=callable(getattr(model, "aux_loss", None)))
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)

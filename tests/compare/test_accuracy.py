@@ -16,8 +16,8 @@ from torch import nn
 
 from plugformer.compare import compare
 from plugformer.compare.cli import DEMO
-from plugformer.compare.task import IGNORE_INDEX, batch_metrics
-from plugformer.plugins.tasks import mqar
+from plugformer.tasks import IGNORE_INDEX, batch_metrics
+from plugformer.tasks.synthetic import mqar
 
 pytestmark = pytest.mark.slow
 

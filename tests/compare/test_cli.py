@@ -110,3 +110,21 @@ def test_failed_variant_gives_status_1(capsys):
     args.registry = registry
     assert compare_cli.run_compare_command(args) == 1
     assert "non-finite loss (nan) at step 0" in capsys.readouterr().out
+
+
+def test_step_options_reach_compare_and_default_to_the_old_behaviour(monkeypatch):
+    seen = []
+
+    def fake_compare(*args, **kwargs):
+        seen.append(kwargs)
+        return Comparison(rows=[], task="copy", primary_metric="exact_match", lengths=[6], settings={})
+
+    monkeypatch.setattr("plugformer.compare.runner.compare", fake_compare)
+    compare_cli.run_compare_command(_args(SMALL, "--precision", "bf16", "--compile", "--grad-accum", "4"))
+    compare_cli.run_compare_command(_args(SMALL))
+    given, default = seen
+    assert (given["precision"], given["compile"], given["grad_accum"]) == ("bf16", True, 4)
+    assert (default["precision"], default["compile"], default["grad_accum"]) == ("fp32", False, 1)
+    assert default["schedule"] == "onecycle"
+    with pytest.raises(SystemExit):
+        _args(SMALL, "--precision", "fp16")

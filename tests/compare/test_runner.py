@@ -156,3 +156,69 @@ def test_plugformer_compare_is_callable_however_it_was_imported():
 
     result = plugformer.compare(SMALL, TASK, steps=1, batch=2, timing_repeats=1)
     assert result.rows[0].ok
+
+
+def test_bad_step_settings_say_what_would_be_right():
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        compare(SMALL, TASK, precision="fp16")
+    with pytest.raises(ValueError, match="--batch 8 .* does not split evenly into 1 rank.s. x 3 "
+                                         "micro-batch.es."):
+        compare(SMALL, TASK, batch=8, grad_accum=3)
+
+
+def test_grad_accum_makes_the_updates_of_the_whole_batch():
+    # dropout 0 (transformer_tiny's default): the only difference is how the batch is split,
+    # so the loss after each update agrees to float tolerance (Adam's first step, g / |g|,
+    # makes near-zero gradient entries sensitive to rounding: a loose-ish tolerance).
+    whole = compare(SMALL, TASK, steps=3, batch=8, timing_repeats=1)
+    split = compare(SMALL, TASK, steps=3, batch=8, timing_repeats=1, grad_accum=4)
+    assert whole.rows[0].ok and split.rows[0].ok
+    assert split.rows[0].losses[0] == pytest.approx(whole.rows[0].losses[0], rel=1e-6)
+    assert split.rows[0].losses == pytest.approx(whole.rows[0].losses, rel=1e-3)
+    assert split.settings["grad_accum"] == 4
+
+
+def _linear_output_dtypes():
+    """Collect the output dtype of every nn.Linear call while the context is open."""
+    seen: set[torch.dtype] = set()
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.add(output.dtype)
+
+    return seen, torch.nn.modules.module.register_module_forward_hook(hook)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_bf16_really_autocasts(precision, dtype):
+    seen, handle = _linear_output_dtypes()
+    try:
+        result = compare(SMALL, TASK, steps=2, batch=4, timing_repeats=1, precision=precision)
+    finally:
+        handle.remove()
+    assert result.rows[0].ok, result.rows[0].error
+    assert seen == {dtype}
+    assert result.settings["precision"] == precision
+
+
+def test_compile_compiles_every_block(monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from plugformer.compare import runner
+    from plugformer.train.step import compile_blocks
+
+    compiled: list[int] = []
+
+    def eager_compile(model):  # graph capture without inductor's minutes of code generation
+        compiled.append(compile_blocks(model, backend="eager"))
+        return compiled[-1]
+
+    monkeypatch.setattr(runner, "compile_blocks", eager_compile)
+    torch._dynamo.reset()
+    counters.clear()
+    result = compare(SMALL, TASK, steps=2, batch=4, timing_repeats=1, compile=True)
+    assert result.rows[0].ok, result.rows[0].error
+    assert compiled == [2]  # one encoder and one decoder block
+    assert counters["stats"]["unique_graphs"] > 0
+    assert result.settings["compile"] is True
+    torch._dynamo.reset()

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from plugformer.compare.task import IGNORE_INDEX, Example, LMBatch, Task
+from plugformer.tasks.base import IGNORE_INDEX, Example, LMBatch, Task
 from plugformer.core.interfaces import FeedForward
 
 FAILURE_MESSAGE = "injected failure on this rank only"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from plugformer.compare import make_task
-from plugformer.compare.task import IGNORE_INDEX
+from plugformer.tasks.base import IGNORE_INDEX
 from plugformer.train.data import BatchPlan, input_tokens, scored_tokens, slice_rows
 
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import plugformer
-from plugformer.compare.task import IGNORE_INDEX
 from plugformer.registry.registry import Registry
+from plugformer.tasks.base import IGNORE_INDEX
 from plugformer.train import TrainError, evaluate, train
-from plugformer.train.loop import lr_at
+from plugformer.train.step import lr_at
 
 from .launch_helpers import RaggedTask
 
@@ -56,15 +56,6 @@ def test_training_follows_one_big_batch_whatever_the_accumulation(tmp_path, grad
                    grad_accum=grad_accum, out=tmp_path, evaluate_at_end=False, **QUIET)
     assert result.losses == pytest.approx(expected, abs=1e-5)
     assert expected[-1] < expected[0]
-
-
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    lr, steps = 1.0, 100  # warm-up: 5 steps
-    assert lr_at(0, steps, lr, "cosine") == pytest.approx(0.2 * 0.5 * (1 + math.cos(0)))
-    assert lr_at(4, steps, lr, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.04)))
-    assert lr_at(50, steps, lr, "cosine") == pytest.approx(0.5)
-    assert lr_at(100, steps, lr, "cosine") == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(37, steps, 0.3, "constant") == 0.3
 
 
 def test_a_run_writes_metrics_plot_summary_and_a_model_that_loads(tmp_path):

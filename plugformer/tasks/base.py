@@ -1,5 +1,5 @@
-"""What a synthetic task for `compare` is: examples drawn from a seed, batches for a model kind,
-a fixed held-out set per length, and the metrics that score predictions.
+"""What a task is, for `compare` and `train`: examples drawn from a seed, batches for a model
+kind, and a fixed held-out set per length (:mod:`plugformer.tasks.metrics` scores predictions).
 
 A task produces *examples*: a source sequence and the answer sequence that a model must predict
 from it (`Example`). `Task.batch` and `Task.eval_batches` turn examples into the tensors a
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "IGNORE_INDEX", "SPLIT_BUCKETS", "Example", "LMBatch", "Seq2SeqBatch", "Batch", "Task",
-    "split_of", "batch_metrics",
+    "split_of",
 ]
 
 #: Target value that carries no loss (the default ``ignore_index`` of ``F.cross_entropy``).
@@ -142,28 +142,6 @@ def split_of(source: Tensor) -> Tensor:
     weights = _hash_weights[:length].to(source.device)
     hashed = (source.long() * weights).sum(-1) + length  # < 2**63: no overflow
     return hashed.remainder(_HASH_MODULUS).remainder(SPLIT_BUCKETS)
-
-
-def batch_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    """Loss and accuracies of next-token ``logits`` (B, T, V) against ``targets`` (B, T).
-
-    Returns sums, so that batches add up: ``loss_sum`` (cross-entropy summed over scored
-    tokens), ``tokens`` (scored tokens), ``correct`` (scored tokens whose argmax is right),
-    ``rows`` and ``exact`` (rows whose scored tokens are all right). Teacher-forced exact match
-    equals greedy-decoding exact match: a row is all right under teacher forcing exactly when
-    greedy decoding reproduces it.
-    """
-    scored = targets != IGNORE_INDEX
-    loss_sum = nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    hits = (logits.argmax(-1) == targets) & scored
-    return {
-        "loss_sum": float(loss_sum),
-        "tokens": int(scored.sum()),
-        "correct": int(hits.sum()),
-        "rows": int(targets.shape[0]),
-        "exact": int((hits | ~scored).all(-1).sum()),
-    }
 
 
 class Task(ABC):

@@ -1,19 +1,20 @@
-"""The built-in tasks of ``compare``: ``copy``, ``reverse``, ``sort`` and ``mqar``.
+"""The built-in synthetic tasks: ``copy``, ``reverse``, ``sort`` and ``mqar``.
 
 Token ids: 0 pad, 1 bos, 2 eos, then the task's own symbols from 3 on. Every example is drawn
 from a ``torch.Generator``; train and eval are disjoint by a hash of the source (see
-:mod:`plugformer.compare.task`).
+:mod:`plugformer.tasks.base`). They register through ``plugformer_register``, the hook any
+third-party task plugin implements.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Optional
+from typing import Callable, ClassVar, Iterable, Optional
 
 import torch
 from torch import Tensor
 
-from plugformer.compare.task import IGNORE_INDEX, Example, LMBatch, Task
 from plugformer.hooks import hookimpl
+from plugformer.tasks.base import IGNORE_INDEX, Example, LMBatch, Task
 
 __all__ = ["CopyTask", "ReverseTask", "SortTask", "MQARTask", "copy", "reverse", "sort", "mqar"]
 
@@ -167,9 +168,15 @@ class MQARTask(Task):
         return LMBatch(ids=example.source, targets=targets)
 
 
-def copy(*, length: int = 16, vocab: int = 64, eval_lengths: list[int] = [],
-         eval_size: int = 512) -> CopyTask:
-    """Copy a random sequence (seq2seq); scored by exact match.
+def _sequence_factory(cls: type[SequenceTask], summary: str) -> Callable[..., SequenceTask]:
+    """The registered factory of a `SequenceTask`: its signature is the spec's schema."""
+
+    def factory(*, length: int = 16, vocab: int = 64, eval_lengths: list[int] = [],
+                eval_size: int = 512) -> SequenceTask:
+        return cls(length=length, vocab=vocab, eval_lengths=eval_lengths, eval_size=eval_size)
+
+    factory.__name__ = factory.__qualname__ = cls.name
+    factory.__doc__ = f"""{summary}
 
     Args:
         length: tokens per training sequence.
@@ -177,33 +184,12 @@ def copy(*, length: int = 16, vocab: int = 64, eval_lengths: list[int] = [],
         eval_lengths: further lengths evaluated after training (length generalisation).
         eval_size: held-out examples per length.
     """
-    return CopyTask(length=length, vocab=vocab, eval_lengths=eval_lengths, eval_size=eval_size)
+    return factory
 
 
-def reverse(*, length: int = 16, vocab: int = 64, eval_lengths: list[int] = [],
-            eval_size: int = 512) -> ReverseTask:
-    """Reverse a random sequence (seq2seq); scored by exact match.
-
-    Args:
-        length: tokens per training sequence.
-        vocab: number of symbols.
-        eval_lengths: further lengths evaluated after training (length generalisation).
-        eval_size: held-out examples per length.
-    """
-    return ReverseTask(length=length, vocab=vocab, eval_lengths=eval_lengths, eval_size=eval_size)
-
-
-def sort(*, length: int = 16, vocab: int = 64, eval_lengths: list[int] = [],
-         eval_size: int = 512) -> SortTask:
-    """Sort a random sequence (seq2seq); scored by exact match.
-
-    Args:
-        length: tokens per training sequence.
-        vocab: number of symbols.
-        eval_lengths: further lengths evaluated after training (length generalisation).
-        eval_size: held-out examples per length.
-    """
-    return SortTask(length=length, vocab=vocab, eval_lengths=eval_lengths, eval_size=eval_size)
+copy = _sequence_factory(CopyTask, "Copy a random sequence (seq2seq); scored by exact match.")
+reverse = _sequence_factory(ReverseTask, "Reverse a random sequence (seq2seq); scored by exact match.")
+sort = _sequence_factory(SortTask, "Sort a random sequence (seq2seq); scored by exact match.")
 
 
 def mqar(*, pairs: int = 8, keys: int = 64, values: int = 64, queries: Optional[int] = None,
