@@ -185,7 +185,11 @@ def load_tokens(files: list[CorpusFile], cache: Path, *,
                           sort_keys=True)
     folder = cache / f"text-{hashlib.sha256(settings.encode()).hexdigest()[:20]}"
     if not (folder / "meta.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"text: cannot create the token cache {folder} ({err.strerror}); "
+                          f"pass cache_dir='a/writable/folder'") from err
         with _locked(folder / "build.lock"):
             if not (folder / "meta.json").exists():
                 _build(files, sizes, folder, tokenizer, split, val_fraction, settings)

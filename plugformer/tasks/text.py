@@ -28,7 +28,7 @@ from torch import Tensor
 from plugformer.compare.result import EvalResult
 from plugformer.compare.task import Example, LMBatch, Task, batch_metrics
 from plugformer.hooks import hookimpl
-from plugformer.tasks.corpus import cache_root, find_files, load_tokens, spec_string, stdlib_files
+from plugformer.tasks.corpus import CorpusFile, cache_root, find_files, load_tokens, spec_string, stdlib_files
 from plugformer.tasks.tokenizers import Tokenizer, TokenizerCall
 
 __all__ = ["TextTask", "TextBatch", "TextScores", "text", "text_metrics", "bits_per_byte"]
@@ -108,7 +108,7 @@ class TextTask(Task):
     primary_metric: ClassVar[str] = "accuracy"
     first_token: ClassVar[int] = 0
 
-    def __init__(self, *, files: Optional[list] = None, cache: Optional[Path] = None,
+    def __init__(self, *, files: Optional[list[CorpusFile]] = None, cache: Optional[Path] = None,
                  tokenizer: Union[str, TokenizerCall, Tokenizer] = "bytes", context: int = 256,
                  eval_lengths: Iterable[int] = (), eval_size: int = 128, split: str = "position",
                  val_fraction: float = 0.05, source: str = "corpus='stdlib'") -> None:

@@ -6,9 +6,12 @@ search, ``F.cross_entropy`` and the bytes of the target tokens for bits per byte
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +217,24 @@ def test_byte_gpt_tiny_learns_the_stdlib():
     assert first > math.log(257) - 0.5  # starts near chance
     assert last < first - 1.5
     assert task.scores(row.eval_at(64)).bits_per_byte < math.log2(257) - 1.5
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_follow_the_one_process_losses(tmp_path):
+    """Both ranks build the (empty) cache at once under its lock, then draw the same global batch."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    from plugformer.train import train
+
+    spec, task = "gpt_tiny", "text(corpus=stdlib, context=32, eval_size=8)"
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "plugformer.train", spec, "--task", task, "--steps", "6", "--batch", "8",
+               "--lr", "1e-2", "--no-progress", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = train(spec, task=task, out=tmp_path / "one", steps=6, batch=8, lr=1e-2,
+                     progress=False, evaluate_at_end=False).losses
+    assert losses == pytest.approx(expected, abs=1e-5)
