@@ -167,7 +167,8 @@ def test_batches_are_a_function_of_seed_and_step():
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe(vocab=320)"])
 def test_bits_per_byte_is_loss_times_tokens_over_bytes(tmp_path, tokenizer):
-    source = "".join(f.path.read_text(encoding="utf-8") for f in stdlib_files()[:3]) + "naïve 日本語 😀\n" * 50
+    source = "".join(f.path.read_text(encoding="utf-8") for f in stdlib_files()[:3])
+    source += "naïve 日本語 😀\n" * 50
     (tmp_path / "e.txt").write_text(source, encoding="utf-8")
     task = make_task(f"text(path='{tmp_path / 'e.txt'}', tokenizer={tokenizer}, context=32, "
                      f"eval_lengths=[64], eval_size=16)")
@@ -175,6 +176,8 @@ def test_bits_per_byte_is_loss_times_tokens_over_bytes(tmp_path, tokenizer):
     torch.manual_seed(0)
     model = build("gpt_tiny", vocab=task.vocab_size, max_len=task.max_len).eval()
     raw = task.tokenizer.token_bytes
+    held_out = source.encode("utf-8")[task.data.files[0]["val"][0]:]
+    assert sum(len(raw[t]) for t in task.data.val.tolist()) == len(held_out)  # the table is right
     for length in task.lengths:
         loss_sum, tokens, num_bytes = 0.0, 0, 0
         batches = task.eval_batches(length, "lm")
@@ -183,7 +186,8 @@ def test_bits_per_byte_is_loss_times_tokens_over_bytes(tmp_path, tokenizer):
             tokens += len(targets)
             num_bytes += sum(len(raw[t]) or 1 for t in targets)  # end-of-text: one byte
             with torch.no_grad():
-                loss_sum += float(F.cross_entropy(batch.logits(model).flatten(0, 1), batch.targets.flatten(), reduction="sum"))
+                logits = batch.logits(model).flatten(0, 1)
+                loss_sum += float(F.cross_entropy(logits, batch.targets.flatten(), reduction="sum"))
         if tokenizer == "bytes":
             assert num_bytes == tokens
         else:
