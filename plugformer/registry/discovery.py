@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "plugformer.plugins.models",
     "plugformer.plugins.presets_modern",
     "plugformer.tasks.synthetic",
+    "plugformer.tasks.text",
 )
 
 STRICT_ENV = "PLUGFORMER_STRICT"
