@@ -51,7 +51,7 @@ def draw_routes(args: argparse.Namespace) -> int:
 
 def _task_example(task: str, model: Any, registry: Any, seed: int) -> Callable[[Any], Any]:
     """A function running a model on 16 examples of ``task`` laid out for its kind."""
-    from plugformer.compare.variants import make_task
+    from plugformer.tasks import make_task
 
     batch = make_task(task, registry=registry).batch(0, 16, seed=seed, kind=model.kind)
     return batch.logits
