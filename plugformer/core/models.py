@@ -86,7 +86,7 @@ class EncoderDecoderModel(nn.Module):
         tgt_key_padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """src: (B, S) ids, tgt: (B, T) ids (decoder input) -> logits (B, T, V)."""
-        src_key_padding_mask = self._padding(src, src_key_padding_mask)
+        src_key_padding_mask = self.padding_mask(src, src_key_padding_mask)
         memory = self.encode(src, src_key_padding_mask=src_key_padding_mask)
         return self.decode(
             tgt,
@@ -97,7 +97,7 @@ class EncoderDecoderModel(nn.Module):
 
     def encode(self, src: Tensor, *, src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """src: (B, S) ids -> memory (B, S, D)."""
-        src_key_padding_mask = self._padding(src, src_key_padding_mask)
+        src_key_padding_mask = self.padding_mask(src, src_key_padding_mask)
         attend = masks.padding_to_attend(src_key_padding_mask)
         return self.stack.encoder(self.src_embed(src), mask=attend)
 
@@ -112,7 +112,7 @@ class EncoderDecoderModel(nn.Module):
     ) -> Tensor:
         """tgt: (B, T) ids (only new ones when ``caches`` hold the rest), memory: (B, S, D)
         -> logits (B, T, V). ``tgt_key_padding_mask`` covers all target positions so far."""
-        tgt_key_padding_mask = self._padding(tgt, tgt_key_padding_mask) if caches is None else tgt_key_padding_mask
+        tgt_key_padding_mask = self.padding_mask(tgt, tgt_key_padding_mask) if caches is None else tgt_key_padding_mask
         hidden = self.stack.decoder(
             self.tgt_embed(tgt),
             memory,
@@ -139,33 +139,54 @@ class EncoderDecoderModel(nn.Module):
         length_penalty: float = 1.0,
         seed: Optional[int] = None,
         use_cache: bool = True,
+        eos_token_id: Optional[int] = None,
+        num_beams: Optional[int] = None,
+        do_sample: Optional[bool] = None,
     ) -> Tensor:
-        """Target tokens (B, T) for sources (B, S), starting from ``bos_id``.
+        """New target tokens (B, T), T <= ``max_new_tokens``, for sources (B, S), decoding from
+        ``bos_id`` (which is not part of the result; Hugging Face's encoder-decoder ``generate``
+        returns its ``decoder_start_token_id`` first).
 
         Greedy by default; ``temperature`` > 0 samples (with ``top_k`` / ``top_p``, seeded by
         ``seed``); ``beams`` > 1 runs beam search. Each row stops at ``eos_id`` and is padded
         with ``pad_id`` (0 when unset) after it. ``use_cache=False`` recomputes every prefix.
+        Hugging Face names are accepted as aliases: ``eos_token_id``, ``num_beams``,
+        ``do_sample`` (see :func:`plugformer.core.generation.hf_aliases`).
         """
-        def session(repeats: int) -> generation.Session:
-            return generation.EncoderDecoderSession(
-                self,
-                generation.repeat_rows(src, repeats),
-                bos_id=bos_id,
-                src_key_padding_mask=generation.repeat_rows(src_key_padding_mask, repeats),
-                use_cache=use_cache,
-            )
-
-        return generation.run(
-            session, src.shape[0], max_new_tokens=max_new_tokens, beams=beams, eos_id=eos_id,
-            pad_id=self.pad_id, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            length_penalty=length_penalty,
+        return generation.generate(
+            self, src, padding_mask=src_key_padding_mask, max_new_tokens=max_new_tokens,
+            pad_id=self.pad_id, top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
+            use_cache=use_cache, bos_id=bos_id,
+            **generation.hf_aliases(
+                temperature=temperature, eos_id=eos_id, beams=beams,
+                eos_token_id=eos_token_id, num_beams=num_beams, do_sample=do_sample,
+            ),
         )
+
+    def start_decoding(
+        self, src: Tensor, *, padding_mask: Optional[Tensor] = None, bos_id: int, use_cache: bool = True
+    ) -> generation.Session:
+        """A decoding session over sources (B, S): encodes once, then decodes from ``bos_id``."""
+        return generation.EncoderDecoderSession(
+            self, src, bos_id=bos_id, src_key_padding_mask=padding_mask, use_cache=use_cache
+        )
+
+    def new_caches(self) -> list[LayerCache]:
+        """One empty KV cache per decoder layer, for :meth:`decode` with ``caches``."""
+        return self.stack.decoder.new_caches()
+
+    def pad_inputs(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Sources of different lengths right-padded with ``pad_id`` (0 when unset): ids (B, S)
+        and the padding mask (B, S), True at the pads, as :meth:`generate` takes them."""
+        return pad_rows(rows, self.pad_id, left=False)
 
     def aux_loss(self) -> Optional[Tensor]:
         """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
         return auxiliary_loss(self)
 
-    def _padding(self, ids: Tensor, given: Optional[Tensor]) -> Optional[Tensor]:
+    def padding_mask(self, ids: Tensor, given: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The padding mask (B, L) of ids (B, L), True = padding: ``given`` when set, else the
+        ids equal to ``pad_id``, or None when there are none (or ``pad_id`` is unset)."""
         if given is not None or self.pad_id is None:
             return given
         padding = ids == self.pad_id
@@ -233,22 +254,57 @@ class LanguageModel(nn.Module):
         length_penalty: float = 1.0,
         seed: Optional[int] = None,
         use_cache: bool = True,
+        eos_token_id: Optional[int] = None,
+        num_beams: Optional[int] = None,
+        do_sample: Optional[bool] = None,
     ) -> Tensor:
-        """New tokens (B, T) after prompts (B, L).
+        """The new tokens only (B, T), T <= ``max_new_tokens``, after prompts (B, L).
 
+        Hugging Face's decoder-only ``generate`` returns the prompt followed by the new tokens
+        (B, L + T); here the prompt is not repeated (``torch.cat([prompt, out], 1)`` gives HF's).
         Prompts of different lengths are left-padded, with ``prompt_padding_mask`` (B, L) True
-        at the pads. Strategies as :meth:`EncoderDecoderModel.generate`.
+        at the pads (:meth:`pad_inputs` makes both). Strategies, stopping and the Hugging Face
+        aliases ``eos_token_id``, ``num_beams``, ``do_sample`` as
+        :meth:`EncoderDecoderModel.generate`.
         """
-        def session(repeats: int) -> generation.Session:
-            return generation.LanguageModelSession(
-                self,
-                generation.repeat_rows(prompt, repeats),
-                prompt_padding_mask=generation.repeat_rows(prompt_padding_mask, repeats),
-                use_cache=use_cache,
-            )
-
-        return generation.run(
-            session, prompt.shape[0], max_new_tokens=max_new_tokens, beams=beams, eos_id=eos_id,
-            pad_id=self.pad_id, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            length_penalty=length_penalty,
+        return generation.generate(
+            self, prompt, padding_mask=prompt_padding_mask, max_new_tokens=max_new_tokens,
+            pad_id=self.pad_id, top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
+            use_cache=use_cache,
+            **generation.hf_aliases(
+                temperature=temperature, eos_id=eos_id, beams=beams,
+                eos_token_id=eos_token_id, num_beams=num_beams, do_sample=do_sample,
+            ),
         )
+
+    def start_decoding(
+        self, prompt: Tensor, *, padding_mask: Optional[Tensor] = None, use_cache: bool = True
+    ) -> generation.Session:
+        """A decoding session over left-padded prompts (B, L): prefill, then one token a step."""
+        return generation.LanguageModelSession(
+            self, prompt, prompt_padding_mask=padding_mask, use_cache=use_cache
+        )
+
+    def new_caches(self) -> list[LayerCache]:
+        """One empty KV cache per layer, for :meth:`forward` with ``caches``."""
+        return self.decoder.new_caches()
+
+    def pad_inputs(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Prompts of different lengths left-padded with ``pad_id`` (0 when unset): ids (B, L)
+        and the padding mask (B, L), True at the pads, as :meth:`generate` takes them."""
+        return pad_rows(rows, self.pad_id, left=True)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: Optional[int], *, left: bool) -> tuple[Tensor, Tensor]:
+    """Token-id rows padded to the longest with ``pad_id`` (0 when None), on the left or right:
+    ids (B, L) and padding mask (B, L), True at the pads. Raises ``ValueError`` for no rows."""
+    if not rows:
+        raise ValueError("need at least one row of token ids, got none")
+    width = max(len(row) for row in rows)
+    pad = 0 if pad_id is None else pad_id
+    ids, padding = [], []
+    for row in rows:
+        fill = width - len(row)
+        ids.append([pad] * fill + list(row) if left else list(row) + [pad] * fill)
+        padding.append([True] * fill + [False] * len(row) if left else [False] * len(row) + [True] * fill)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(padding, dtype=torch.bool)
