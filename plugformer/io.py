@@ -145,7 +145,7 @@ def _parts_of(spec: Spec, registry: Registry) -> dict[str, str]:
 
 def _parts_used(spec: Spec, registry: Registry) -> dict[str, str]:
     """``kind:name`` -> plugin that supplied it, for every part in the spec tree."""
-    from plugformer.registry.builder import _slot_kind
+    from plugformer.registry.builder import slot_kind
 
     used: dict[str, str] = {}
 
@@ -153,7 +153,7 @@ def _parts_used(spec: Spec, registry: Registry) -> dict[str, str]:
         part = registry.get(kind, node.name)
         used[part.label] = part.plugin or part.source
         for arg in part.args:
-            slot, _ = _slot_kind(arg.type)
+            slot, _ = slot_kind(arg.type)
             value = node.kwargs.get(arg.name)
             if slot is None or value is None:
                 continue

@@ -118,6 +118,27 @@ def decoder(
     )
 
 
+def seq2seq_stack(
+    ctx: BuildContext, enc_layers: int, dec_layers: int, *, attn, pe, ffn, norm, block,
+    final_norm: bool | tuple[bool, bool], self_attn: Optional[PartFactory] = None,
+    cross_attn: Optional[PartFactory] = None, bias: bool = True, qk_norm: Optional[PartFactory] = None,
+) -> Seq2SeqStack:
+    """An encoder of ``enc_layers`` and a decoder of ``dec_layers`` blocks (Vaswani et al., 2017).
+
+    ``self_attn`` / ``cross_attn`` are the decoder's kernels (default ``attn``); ``final_norm``
+    is one flag for both stacks or (encoder, decoder).
+    """
+    enc_final, dec_final = final_norm if isinstance(final_norm, tuple) else (final_norm, final_norm)
+    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, bias=bias, qk_norm=qk_norm)
+    return Seq2SeqStack(
+        encoder=encoder(ctx, enc_layers, attn=attn, final_norm=enc_final, **common),
+        decoder=decoder(
+            ctx, dec_layers, attn=self_attn or attn, cross_attn=cross_attn or attn,
+            final_norm=dec_final, **common,
+        ),
+    )
+
+
 def model_context(
     ctx: BuildContext, *, d_model: int, heads: int, kv_heads: Optional[int], max_len: int, dropout: float
 ) -> BuildContext:
@@ -214,16 +235,10 @@ def encdec(
     ctx = model_context(ctx, d_model=d_model, heads=heads, kv_heads=kv_heads, max_len=max_len, dropout=dropout)
     src_vocab = _vocab("src_vocab", src_vocab, vocab)
     tgt_vocab = _vocab("tgt_vocab", tgt_vocab, vocab)
-    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm)
-    stack = Seq2SeqStack(
-        encoder=encoder(ctx, _layers("enc_layers", enc_layers, layers), attn=attn, **common),
-        decoder=decoder(
-            ctx,
-            _layers("dec_layers", dec_layers, layers),
-            attn=self_attn or attn,
-            cross_attn=cross_attn or attn,
-            **common,
-        ),
+    stack = seq2seq_stack(
+        ctx, _layers("enc_layers", enc_layers, layers), _layers("dec_layers", dec_layers, layers),
+        attn=attn, self_attn=self_attn, cross_attn=cross_attn, pe=pe, ffn=ffn, norm=norm,
+        block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm,
     )
     fk = ctx.factory_kwargs
     tgt_embed = TokenEmbedding(tgt_vocab, d_model, scale=True, **fk)

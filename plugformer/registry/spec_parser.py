@@ -1,4 +1,5 @@
-"""The spec language's tokenizer and recursive-descent parser (see :mod:`plugformer.registry.spec`).
+"""The spec language's tokenizer and recursive-descent parser (grammar in
+:mod:`plugformer.registry.spec`, data model in :mod:`plugformer.registry.spec_model`).
 
 Hand-written, with no ``eval`` and no Python ``ast``: every error is a :class:`SpecError` with a
 caret under the offending text, and nesting is bounded so that no input reaches a RecursionError.
@@ -13,10 +14,9 @@ import string
 import attrs
 
 from plugformer.registry.errors import SpecError
-from plugformer.registry.spec import (
-    A_VALUE, KEYWORDS, MAX_DEPTH, ArgSpan, Choice, PerLayer, Span, Spec, Value,
-    _NAME_CHARS,
-    _NAME_START,
+from plugformer.registry.spec_model import (
+    A_VALUE, KEYWORDS, MAX_DEPTH, NAME_CHARS, NAME_START, ArgSpan, Choice, PerLayer, Span, Spec,
+    Value,
 )
 
 _DIGITS = frozenset(string.digits)
@@ -67,9 +67,9 @@ class _Lexer:
         ch = text[pos]
         if ch in _PUNCTUATION:
             token = _Token(ch, pos, pos + 1)
-        elif ch in _NAME_START:
+        elif ch in NAME_START:
             end = pos + 1
-            while end < len(text) and text[end] in _NAME_CHARS:
+            while end < len(text) and text[end] in NAME_CHARS:
                 end += 1
             token = _Token("name", pos, end, text[pos:end])
         elif ch in _DIGITS or ch in "-.":
@@ -107,7 +107,7 @@ class _Lexer:
             end = self._digits(end)
             valid = end > exponent
         tail = end
-        while tail < len(text) and (text[tail] in _NAME_CHARS or text[tail] == "."):
+        while tail < len(text) and (text[tail] in NAME_CHARS or text[tail] == "."):
             tail += 1
         literal = text[start:tail]
         if not valid or tail != end:
