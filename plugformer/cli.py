@@ -215,16 +215,17 @@ def build_model(args: argparse.Namespace) -> int:
 @argument("--seed", type=int, default=None)
 def generate_tokens(args: argparse.Namespace) -> int:
     """Generate tokens with a saved model (one output line of ids per input)."""
-    from plugformer.core.generation import generate
     from plugformer.io import load
 
     model = load(args.checkpoint, registry=args.registry).eval()
     ids, padding = model.pad_inputs([_token_ids(text) for text in args.input])
-    start = {"bos_id": args.bos_id} if model.kind == "encdec" else {}
-    out = generate(
-        model, ids, padding_mask=padding, max_new_tokens=args.max_new_tokens, eos_id=args.eos_id,
-        pad_id=model.pad_id, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        beams=args.beams, seed=args.seed, **start,
+    if model.kind == "lm":
+        start = {"prompt_padding_mask": padding}
+    else:
+        start = {"src_key_padding_mask": padding, "bos_id": args.bos_id}
+    out = model.generate(
+        ids, args.max_new_tokens, eos_id=args.eos_id, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, beams=args.beams, seed=args.seed, **start,
     )
     for row in out.tolist():
         print(",".join(map(str, row)))

@@ -2,7 +2,7 @@
 beam search, for encoder-decoder and decoder-only models.
 
 One path serves both model kinds: :func:`generate` asks the model for a :class:`Session`
-(``model.start_decoding(inputs, padding_mask=..., use_cache=...)``) and runs the strategy over it.
+(``model.start_decoding(inputs, use_cache=..., **kind_options)``) and runs the strategy over it.
 A session hides the model kind: ``start()`` gives the logits of the first new token,
 ``step(tokens)`` feeds the chosen tokens back and gives the next logits, ``reorder(index)``
 follows beams. Sessions use only the models' public methods (``encode``, ``decode``,
@@ -12,7 +12,7 @@ the whole prefix: slower, and the reference the cache is tested against.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -233,7 +233,6 @@ def generate(
     model: nn.Module,
     inputs: Tensor,
     *,
-    padding_mask: Optional[Tensor],
     max_new_tokens: int,
     beams: int = 1,
     eos_id: Optional[int] = None,
@@ -244,13 +243,14 @@ def generate(
     seed: Optional[int] = None,
     length_penalty: float = 1.0,
     use_cache: bool = True,
-    **start: object,
+    **start: Any,
 ) -> Tensor:
     """New tokens (B, T) for inputs (B, L), with the strategy the arguments ask for.
 
-    ``model.start_decoding(inputs, padding_mask=..., use_cache=..., **start)`` makes the session
-    (each row repeated ``beams`` times for beam search). Raises ``ValueError`` for a negative
-    ``max_new_tokens``, ``beams`` < 1, or sampling options together with beam search.
+    ``model.start_decoding(inputs, use_cache=..., **start)`` makes the session; for beam search
+    every row of ``inputs`` and of the tensors in ``start`` is repeated ``beams`` times. Raises
+    ``ValueError`` for a negative ``max_new_tokens``, ``beams`` < 1, or sampling options
+    together with beam search.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -259,10 +259,8 @@ def generate(
     if beams > 1 and (temperature or top_k or top_p):
         raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beams=1")
     pad_id = 0 if pad_id is None else pad_id
-    session = model.start_decoding(
-        repeat_rows(inputs, beams), padding_mask=repeat_rows(padding_mask, beams),
-        use_cache=use_cache, **start,
-    )
+    start = {k: repeat_rows(v, beams) if isinstance(v, Tensor) else v for k, v in start.items()}
+    session = model.start_decoding(repeat_rows(inputs, beams), use_cache=use_cache, **start)
     if beams > 1:
         return beam_search(
             session, batch=inputs.shape[0], beams=beams, max_new_tokens=max_new_tokens,

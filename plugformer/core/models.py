@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,65 @@ def auxiliary_loss(model: nn.Module) -> Optional[Tensor]:
     return torch.stack(losses).sum() if losses else None
 
 
-class EncoderDecoderModel(nn.Module):
+class GenerativeModel(nn.Module):
+    """What both model kinds share: generation, through the kind's :meth:`start_decoding`, and
+    the auxiliary loss."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Tensor,
+        max_new_tokens: int,
+        *,
+        eos_id: Optional[int] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        beams: int = 1,
+        length_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        use_cache: bool = True,
+        eos_token_id: Optional[int] = None,
+        num_beams: Optional[int] = None,
+        do_sample: Optional[bool] = None,
+        **start: Any,
+    ) -> Tensor:
+        """The new tokens only, (B, T) with T <= ``max_new_tokens``, for inputs (B, L).
+
+        ``lm``: ``inputs`` are prompts, left-padded with ``prompt_padding_mask`` (B, L) True at
+        the pads. The prompt is not repeated in the result; Hugging Face's decoder-only
+        ``generate`` returns prompt + new tokens (B, L + T) (``torch.cat([inputs, out], 1)``).
+        ``encdec``: ``inputs`` are sources, right-padded with ``src_key_padding_mask``;
+        ``bos_id`` (required) starts the decoder and is not in the result, where Hugging Face's
+        encoder-decoder ``generate`` starts with its ``decoder_start_token_id``.
+        :meth:`pad_inputs` pads rows of ids the way the model kind wants them.
+
+        Greedy by default; ``temperature`` > 0 samples (with ``top_k`` / ``top_p``, seeded by
+        ``seed``); ``beams`` > 1 runs beam search (``length_penalty`` divides scores by length **
+        it). Each row stops at ``eos_id`` and is padded with ``pad_id`` (0 when unset) after it.
+        ``use_cache=False`` recomputes every prefix. Hugging Face names are accepted as aliases:
+        ``eos_token_id``, ``num_beams``, ``do_sample`` (:func:`generation.hf_aliases`).
+
+        Raises:
+            ValueError: a negative ``max_new_tokens``, ``beams`` < 1, sampling options with beam
+                search, an alias that contradicts our name, or prompts padded on the right.
+        """
+        return generation.generate(
+            self, inputs, max_new_tokens=max_new_tokens, pad_id=self.pad_id, top_k=top_k,
+            top_p=top_p, seed=seed, length_penalty=length_penalty, use_cache=use_cache,
+            **generation.hf_aliases(
+                temperature=temperature, eos_id=eos_id, beams=beams,
+                eos_token_id=eos_token_id, num_beams=num_beams, do_sample=do_sample,
+            ),
+            **start,
+        )
+
+    def aux_loss(self) -> Optional[Tensor]:
+        """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
+        return auxiliary_loss(self)
+
+
+class EncoderDecoderModel(GenerativeModel):
     """Source ids and target ids in, next-token logits out (Vaswani et al., 2017).
 
     Padding masks follow ``nn.Transformer`` (True = padding); when none is given and ``pad_id``
@@ -123,52 +181,14 @@ class EncoderDecoderModel(nn.Module):
         )
         return self.lm_head(hidden)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        src: Tensor,
-        max_new_tokens: int,
-        *,
-        bos_id: int,
-        eos_id: Optional[int] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
-        temperature: float = 0.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        beams: int = 1,
-        length_penalty: float = 1.0,
-        seed: Optional[int] = None,
-        use_cache: bool = True,
-        eos_token_id: Optional[int] = None,
-        num_beams: Optional[int] = None,
-        do_sample: Optional[bool] = None,
-    ) -> Tensor:
-        """New target tokens (B, T), T <= ``max_new_tokens``, for sources (B, S), decoding from
-        ``bos_id`` (which is not part of the result; Hugging Face's encoder-decoder ``generate``
-        returns its ``decoder_start_token_id`` first).
-
-        Greedy by default; ``temperature`` > 0 samples (with ``top_k`` / ``top_p``, seeded by
-        ``seed``); ``beams`` > 1 runs beam search. Each row stops at ``eos_id`` and is padded
-        with ``pad_id`` (0 when unset) after it. ``use_cache=False`` recomputes every prefix.
-        Hugging Face names are accepted as aliases: ``eos_token_id``, ``num_beams``,
-        ``do_sample`` (see :func:`plugformer.core.generation.hf_aliases`).
-        """
-        return generation.generate(
-            self, src, padding_mask=src_key_padding_mask, max_new_tokens=max_new_tokens,
-            pad_id=self.pad_id, top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
-            use_cache=use_cache, bos_id=bos_id,
-            **generation.hf_aliases(
-                temperature=temperature, eos_id=eos_id, beams=beams,
-                eos_token_id=eos_token_id, num_beams=num_beams, do_sample=do_sample,
-            ),
-        )
-
     def start_decoding(
-        self, src: Tensor, *, padding_mask: Optional[Tensor] = None, bos_id: int, use_cache: bool = True
+        self, src: Tensor, *, bos_id: int, src_key_padding_mask: Optional[Tensor] = None,
+        use_cache: bool = True,
     ) -> generation.Session:
-        """A decoding session over sources (B, S): encodes once, then decodes from ``bos_id``."""
+        """A decoding session over sources (B, S) (right-padded, ``src_key_padding_mask`` (B, S)
+        True at the pads): encodes once, then decodes from ``bos_id``."""
         return generation.EncoderDecoderSession(
-            self, src, bos_id=bos_id, src_key_padding_mask=padding_mask, use_cache=use_cache
+            self, src, bos_id=bos_id, src_key_padding_mask=src_key_padding_mask, use_cache=use_cache
         )
 
     def new_caches(self) -> list[LayerCache]:
@@ -180,10 +200,6 @@ class EncoderDecoderModel(nn.Module):
         and the padding mask (B, S), True at the pads, as :meth:`generate` takes them."""
         return pad_rows(rows, self.pad_id, left=False)
 
-    def aux_loss(self) -> Optional[Tensor]:
-        """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
-        return auxiliary_loss(self)
-
     def padding_mask(self, ids: Tensor, given: Optional[Tensor] = None) -> Optional[Tensor]:
         """The padding mask (B, L) of ids (B, L), True = padding: ``given`` when set, else the
         ids equal to ``pad_id``, or None when there are none (or ``pad_id`` is unset)."""
@@ -193,7 +209,7 @@ class EncoderDecoderModel(nn.Module):
         return padding if bool(padding.any()) else None
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(GenerativeModel):
     """Decoder-only causal language model: ids (B, L) in, next-token logits (B, L, V) out."""
 
     kind = "lm"
@@ -235,54 +251,13 @@ class LanguageModel(nn.Module):
         )
         return self.lm_head(hidden)
 
-    def aux_loss(self) -> Optional[Tensor]:
-        """Auxiliary losses of the last forward (MoE load balancing), summed; None if none."""
-        return auxiliary_loss(self)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: Tensor,
-        max_new_tokens: int,
-        *,
-        prompt_padding_mask: Optional[Tensor] = None,
-        eos_id: Optional[int] = None,
-        temperature: float = 0.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        beams: int = 1,
-        length_penalty: float = 1.0,
-        seed: Optional[int] = None,
-        use_cache: bool = True,
-        eos_token_id: Optional[int] = None,
-        num_beams: Optional[int] = None,
-        do_sample: Optional[bool] = None,
-    ) -> Tensor:
-        """The new tokens only (B, T), T <= ``max_new_tokens``, after prompts (B, L).
-
-        Hugging Face's decoder-only ``generate`` returns the prompt followed by the new tokens
-        (B, L + T); here the prompt is not repeated (``torch.cat([prompt, out], 1)`` gives HF's).
-        Prompts of different lengths are left-padded, with ``prompt_padding_mask`` (B, L) True
-        at the pads (:meth:`pad_inputs` makes both). Strategies, stopping and the Hugging Face
-        aliases ``eos_token_id``, ``num_beams``, ``do_sample`` as
-        :meth:`EncoderDecoderModel.generate`.
-        """
-        return generation.generate(
-            self, prompt, padding_mask=prompt_padding_mask, max_new_tokens=max_new_tokens,
-            pad_id=self.pad_id, top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
-            use_cache=use_cache,
-            **generation.hf_aliases(
-                temperature=temperature, eos_id=eos_id, beams=beams,
-                eos_token_id=eos_token_id, num_beams=num_beams, do_sample=do_sample,
-            ),
-        )
-
     def start_decoding(
-        self, prompt: Tensor, *, padding_mask: Optional[Tensor] = None, use_cache: bool = True
+        self, prompt: Tensor, *, prompt_padding_mask: Optional[Tensor] = None, use_cache: bool = True
     ) -> generation.Session:
-        """A decoding session over left-padded prompts (B, L): prefill, then one token a step."""
+        """A decoding session over prompts (B, L) (left-padded, ``prompt_padding_mask`` (B, L)
+        True at the pads): prefill, then one token a step."""
         return generation.LanguageModelSession(
-            self, prompt, prompt_padding_mask=padding_mask, use_cache=use_cache
+            self, prompt, prompt_padding_mask=prompt_padding_mask, use_cache=use_cache
         )
 
     def new_caches(self) -> list[LayerCache]:
