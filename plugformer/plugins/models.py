@@ -66,7 +66,7 @@ def blocks(
     layers = []
     for i in range(n):
         layer_ctx = ctx.evolve(layer=i, layers=n)
-        cross_ctx = layer_ctx.evolve(causal=False, cross=True, bias=False)
+        cross_ctx = layer_ctx.evolve(causal=False, cross=True, score_bias=False)
         parts = BlockParts(
             self_attn=attention(layer_ctx, self_attn, bias=bias, qk_norm=qk_norm),
             cross_attn=None
@@ -88,7 +88,7 @@ def encoder(
     ctx = ctx.evolve(causal=False, cross=False)
     positional = pe(ctx)
     layers = blocks(
-        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, ffn=ffn, norm=norm, block=block,
+        ctx.evolve(score_bias=positional.uses_bias), n, self_attn=attn, ffn=ffn, norm=norm, block=block,
         bias=bias, qk_norm=qk_norm,
     )
     return Encoder(
@@ -107,7 +107,7 @@ def decoder(
     ctx = ctx.evolve(causal=True, cross=False, decoder=True)
     positional = pe(ctx)
     layers = blocks(
-        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, cross_attn=cross_attn, ffn=ffn,
+        ctx.evolve(score_bias=positional.uses_bias), n, self_attn=attn, cross_attn=cross_attn, ffn=ffn,
         norm=norm, block=block, bias=bias, qk_norm=qk_norm,
     )
     return Decoder(

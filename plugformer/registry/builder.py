@@ -13,13 +13,14 @@ import difflib
 import inspect
 import types
 import typing
+import warnings
 from typing import Any, Literal, Optional, Union
 
 import attrs
 import torch
 from torch import nn
 
-from plugformer.core.context import BuildContext
+from plugformer.core.context import DEPRECATED_BIAS, BuildContext
 from plugformer.core.slots import ArgumentError, Slot
 from plugformer.registry.errors import SpecError
 from plugformer.registry.parts import REQUIRED, ArgInfo, Part
@@ -83,6 +84,9 @@ def build_part(
     ``build_part("attention", "bra(region=16, topk=2)", d_model=64, heads=4)``
     """
     registry = registry or default_registry()
+    if "bias" in context:
+        warnings.warn(DEPRECATED_BIAS, DeprecationWarning, stacklevel=2)
+        context["score_bias"] = context.pop("bias")
     fields = {f.name for f in attrs.fields(BuildContext)}
     unknown = sorted(set(context) - fields)
     if unknown:
@@ -348,7 +352,7 @@ def _check_capabilities(bound: BoundPart, module: nn.Module, ctx: BuildContext) 
         return
     if ctx.causal and not getattr(module, "supports_causal", True):
         raise bound.spec.error(f"attention {bound.name!r} cannot run causal attention (decoder self-attention)")
-    if ctx.bias and not getattr(module, "supports_bias", False):
+    if ctx.score_bias and not getattr(module, "supports_bias", False):
         raise bound.spec.error(
             f"attention {bound.name!r} cannot take the score bias of this positional encoding; "
             "use a kernel that supports_bias (dense, fused) or another positional encoding"
