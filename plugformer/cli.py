@@ -276,25 +276,17 @@ def build_model(args: argparse.Namespace) -> int:
 @argument("--seed", type=int, default=None)
 def generate_tokens(args: argparse.Namespace) -> int:
     """Generate tokens with a saved model (one output line of ids per input)."""
-    import torch
-
     from plugformer.io import load
 
     model = load(args.checkpoint, registry=args.registry).eval()
-    rows = [_token_ids(text) for text in args.input]
-    width = max(len(row) for row in rows)
-    pad = model.pad_id if model.pad_id is not None else 0
-    if model.kind == "lm":  # left-pad prompts
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        padding = torch.tensor([[True] * (width - len(r)) + [False] * len(r) for r in rows])
-        extra = {"prompt_padding_mask": padding}
-    else:  # right-pad sources
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        padding = torch.tensor([[False] * len(r) + [True] * (width - len(r)) for r in rows])
-        extra = {"src_key_padding_mask": padding, "bos_id": args.bos_id}
+    ids, padding = model.pad_inputs([_token_ids(text) for text in args.input])
+    if model.kind == "lm":
+        start = {"prompt_padding_mask": padding}
+    else:
+        start = {"src_key_padding_mask": padding, "bos_id": args.bos_id}
     out = model.generate(
         ids, args.max_new_tokens, eos_id=args.eos_id, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, beams=args.beams, seed=args.seed, **extra,
+        top_k=args.top_k, top_p=args.top_p, beams=args.beams, seed=args.seed, **start,
     )
     for row in out.tolist():
         print(",".join(map(str, row)))

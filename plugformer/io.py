@@ -1,14 +1,21 @@
 """Save and load models: safetensors weights with the canonical spec in the metadata.
 
 No pickle anywhere: the file is a safetensors header (JSON) and raw tensor bytes. ``load``
-rebuilds the model from the spec (so the spec must still resolve to exactly what was saved) and
-loads the weights strictly. A SHA-256 of the tensor bytes catches a tampered file.
+rebuilds the model from the spec and loads the weights strictly. A SHA-256 of the tensor bytes
+catches a tampered file.
+
+Version skew: the stored spec is canonical (every argument explicit), so the saved values
+always win. An argument a part gained since the file was saved takes its default; a default
+that changed since (the file records the defaults of every part it uses) is reported by name
+in a :class:`CheckpointSkewWarning`; a part or argument that no longer exists fails with a
+:class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,13 +26,18 @@ from torch import nn
 
 from plugformer.registry.errors import SpecError
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
-from plugformer.registry.spec import PerLayer, Spec, parse
+from plugformer.registry.spec import PerLayer, Spec, format_spec, parse
 
 FORMAT = "plugformer/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: not ours, damaged, or naming parts we lack."""
+
+
+class CheckpointSkewWarning(UserWarning):
+    """A checkpoint loaded, but a default of a part it uses changed since it was saved (its
+    saved value is used)."""
 
 
 def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = None) -> Path:
@@ -46,6 +58,7 @@ def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = N
         "plugformer.spec": str(spec),
         "plugformer.version": __version__,
         "plugformer.parts": json.dumps(_parts_of(spec, registry), sort_keys=True),
+        "plugformer.defaults": json.dumps(_defaults_of(spec, registry), sort_keys=True),
         "plugformer.sha256": _digest(model.state_dict()),
     }
     save_model(model, str(path), metadata=metadata)
@@ -61,28 +74,23 @@ def load(
 ) -> nn.Module:
     """Rebuild the model saved at ``path`` from its spec and load its weights strictly.
 
+    A part that gained an argument since the file was saved builds with that argument's
+    default; the saved values of all other arguments win.
+
     Raises:
-        CheckpointError: not a plugformer checkpoint, truncated or tampered, a part that no
-            installed plugin supplies, or a spec that now resolves differently.
+        CheckpointError: not a plugformer checkpoint, truncated or tampered, a part or argument
+            that no longer exists (or that no installed plugin supplies), or a saved value that
+            now resolves differently.
+
+    Warns:
+        CheckpointSkewWarning: a default of a part the file uses changed since it was saved.
     """
-    from plugformer.registry.builder import build, resolve
+    from plugformer.registry.builder import build
 
     registry = registry or default_registry()
     path = Path(path)
     metadata = _read_metadata(path)
-    text = metadata["plugformer.spec"]
-    parts = json.loads(metadata.get("plugformer.parts", "{}"))
-    try:
-        spec = resolve(text, registry=registry, check=False)
-    except SpecError as err:
-        raise _missing_part(err, text, parts, path, registry) from None
-    if str(spec) != text:
-        raise CheckpointError(
-            f"{path}: the saved spec no longer resolves to the same model (a default or a part "
-            f"changed since plugformer {metadata.get('plugformer.version', '?')}):\n"
-            f"  saved: {text}\n  now:   {spec}\n"
-            "load it with the library version that saved it, or rebuild it from the new spec"
-        )
+    spec = _resolve_saved(metadata, path, registry)
     model = build(spec, registry=registry, device=device, dtype=dtype)
     try:
         load_model(model, str(path), strict=True, device=str(device or "cpu"))
@@ -145,33 +153,130 @@ def _parts_of(spec: Spec, registry: Registry) -> dict[str, str]:
 
 def _parts_used(spec: Spec, registry: Registry) -> dict[str, str]:
     """``kind:name`` -> plugin that supplied it, for every part in the spec tree."""
-    from plugformer.registry.builder import _slot_kind
-
     used: dict[str, str] = {}
 
     def walk(node: Spec, kind: str) -> None:
         part = registry.get(kind, node.name)
         used[part.label] = part.plugin or part.source
-        for arg in part.args:
-            slot, _ = _slot_kind(arg.type)
-            value = node.kwargs.get(arg.name)
-            if slot is None or value is None:
-                continue
-            for item in value.items if isinstance(value, PerLayer) else (value,):
+        for _, slot, value, _ in _slots(node, kind, registry):
+            for item in _nested(value) if slot else ():
                 walk(item, slot)
 
     walk(spec, "model")
     return used
 
 
-def _missing_part(err: SpecError, text: str, parts: dict[str, str], path: Path, registry: Registry) -> CheckpointError:
-    for label, plugin in parts.items():
-        kind, _, name = label.partition(":")
-        try:
-            registry.get(kind, name)
-        except UnknownPartError:
-            return CheckpointError(
-                f"{path}: the checkpoint needs {kind} {name!r}, which no installed plugin supplies "
-                f"(it came from plugin {plugin!r}); install that plugin to load it"
+def _resolve_saved(metadata: dict[str, str], path: Path, registry: Registry) -> Spec:
+    """The saved spec resolved today: saved values, plus defaults for arguments added since."""
+    from plugformer.registry.builder import resolve
+
+    text = metadata["plugformer.spec"]
+    parts = json.loads(metadata.get("plugformer.parts", "{}"))
+    try:
+        saved = parse(text)
+    except SpecError as err:
+        raise CheckpointError(f"{path}: its stored spec does not parse: {err}") from None
+    _check_still_exists(saved, "model", parts, path, registry)
+    try:
+        spec = resolve(saved, registry=registry, check=False)
+    except SpecError as err:
+        raise CheckpointError(f"{path}: its spec does not resolve: {err}") from None
+    if str(_only_saved_args(spec, saved, "model", registry)) != text:
+        raise CheckpointError(
+            f"{path}: the saved spec no longer resolves to the same model (a value's type or a "
+            f"part changed since plugformer {metadata.get('plugformer.version', '?')}):\n"
+            f"  saved: {text}\n  now:   {spec}\n"
+            "load it with the library version that saved it, or rebuild it from the new spec"
+        )
+    saved_defaults = json.loads(metadata.get("plugformer.defaults", "{}"))
+    for label, defaults in _defaults_of(spec, registry).items():
+        for name, then in saved_defaults.get(label, {}).items():
+            now = defaults.get(name)
+            if now is not None and now != then:
+                kind, _, part = label.partition(":")
+                warnings.warn(
+                    f"{path}: the default of argument {name!r} of {kind} {part!r} changed from "
+                    f"{then} to {now} since the file was saved; the saved value is used",
+                    CheckpointSkewWarning,
+                    stacklevel=3,
+                )
+    return spec
+
+
+def _slots(node: Spec, kind: str, registry: Registry):
+    """(name, part kind when a part slot else None, value, whether the part still takes it) of
+    each argument written in ``node``."""
+    from plugformer.registry.builder import slot_kind
+
+    accepted = {arg.name: arg for arg in registry.get(kind, node.name).args}
+    for name, value in node.args:
+        arg = accepted.get(name)
+        yield name, (slot_kind(arg.type)[0] if arg is not None else None), value, arg is not None
+
+
+def _nested(value: object) -> list[Spec]:
+    items = value.items if isinstance(value, PerLayer) else (value,)
+    return [item for item in items if isinstance(item, Spec)]
+
+
+def _check_still_exists(node: Spec, kind: str, parts: dict[str, str], path: Path, registry: Registry) -> None:
+    """Raise a :class:`CheckpointError` naming the first part or argument of the saved spec
+    that the registry no longer has."""
+    try:
+        registry.get(kind, node.name)
+    except UnknownPartError:
+        plugin = parts.get(f"{kind}:{node.name}")
+        where = f" (it came from plugin {plugin!r}); install that plugin to load it" if plugin else ""
+        raise CheckpointError(
+            f"{path}: the checkpoint needs {kind} {node.name!r}, which no installed plugin "
+            f"supplies{where}"
+        ) from None
+    for name, slot, value, exists in _slots(node, kind, registry):
+        if not exists:
+            raise CheckpointError(
+                f"{path}: the checkpoint sets argument {name!r} of {kind} {node.name!r}, which "
+                f"{kind} {node.name!r} no longer has; load it with the library version that saved it"
             )
-    return CheckpointError(f"{path}: its spec does not resolve: {err}")
+        for item in _nested(value) if slot else ():
+            _check_still_exists(item, slot, parts, path, registry)
+
+
+def _only_saved_args(resolved: Spec, saved: Spec, kind: str, registry: Registry) -> Spec:
+    """``resolved`` without the arguments that ``saved`` lacks (those added since it was saved)."""
+    written = saved.kwargs
+    args = []
+    for name, slot, value, _ in _slots(resolved, kind, registry):
+        if name not in written:
+            continue
+        old = written[name]
+        if slot and isinstance(value, Spec) and isinstance(old, Spec):
+            value = _only_saved_args(value, old, slot, registry)
+        elif slot and isinstance(value, PerLayer) and isinstance(old, PerLayer) and len(value.items) == len(old.items):
+            value = PerLayer([
+                _only_saved_args(v, o, slot, registry) if isinstance(v, Spec) and isinstance(o, Spec) else v
+                for v, o in zip(value.items, old.items)
+            ])
+        args.append((name, value))
+    return Spec(resolved.name, args, bare=resolved.bare and not args)
+
+
+def _defaults_of(spec: Spec, registry: Registry) -> dict[str, dict[str, str]]:
+    """``kind:name`` -> {argument: canonical text of its default} for every part in the spec."""
+    out: dict[str, dict[str, str]] = {}
+
+    def walk(node: Spec, kind: str) -> None:
+        part = registry.get(kind, node.name)
+        out[part.label] = {arg.name: _default_text(arg.default) for arg in part.args if not arg.required}
+        for _, slot, value, _ in _slots(node, kind, registry):
+            for item in _nested(value) if slot else ():
+                walk(item, slot)
+
+    walk(spec, "model")
+    return out
+
+
+def _default_text(value: object) -> str:
+    try:
+        return format_spec(value)
+    except (SpecError, TypeError, ValueError):
+        return repr(value)

@@ -15,9 +15,9 @@ torch.set_num_threads(1)
 def _cached_logits(model: nn.Module, tokens: Tensor, *, prefix: int = 1,
                    memory: Optional[Tensor] = None) -> Tensor:
     if memory is None:  # decoder-only
-        run = functools.partial(model, caches=model.decoder.new_caches())
+        run = functools.partial(model, caches=model.new_caches())
     else:
-        run = functools.partial(model.decode, memory=memory, caches=model.stack.decoder.new_caches())
+        run = functools.partial(model.decode, memory=memory, caches=model.new_caches())
     steps = [run(tokens[:, :prefix])]
     steps += [run(tokens[:, t : t + 1]) for t in range(prefix, tokens.shape[1])]
     return torch.cat(steps, dim=1)

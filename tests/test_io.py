@@ -112,7 +112,9 @@ def test_missing_plugin_names_kind_name_and_plugin(tmp_path):
 
 def test_spec_that_now_resolves_differently_is_reported(model, tmp_path):
     """The saved spec is fully explicit, so a changed default cannot alter it; a part that gained
-    an argument since (here relu gains ``gated``) makes it resolve differently, and load says so."""
+    an argument since (here relu gains ``gated``) loads with that argument's default (issue 12,
+    item 7: this used to be refused). A saved value that now converts to something else (relu's
+    ``d_ff`` turned float: 256 -> 256.0) makes it resolve differently, and load says so."""
     from plugformer.plugins.feedforward import FeedForwardNetwork, relu
     from plugformer.registry.registry import Registry
 
@@ -125,9 +127,19 @@ def test_spec_that_now_resolves_differently_is_reported(model, tmp_path):
         return relu(ctx, d_ff=d_ff, bias=bias)
 
     registry.add("feedforward", "relu", relu_v2, replace=True)
+    loaded = plugformer.load(path, registry=registry)
+    assert "gated=false" in str(loaded.spec)
+    src, tgt = batch()
+    assert torch.equal(loaded.eval()(src, tgt), model(src, tgt))
+
+    def relu_v3(ctx, *, d_ff: float | None = None, bias: bool = True) -> FeedForwardNetwork:
+        """A newer relu whose d_ff became a float."""
+        return relu(ctx, d_ff=int(d_ff) if d_ff is not None else None, bias=bias)
+
+    registry.add("feedforward", "relu", relu_v3, replace=True)
     with pytest.raises(CheckpointError, match="no longer resolves to the same model") as info:
         plugformer.load(path, registry=registry)
-    assert "gated=false" in str(info.value)
+    assert "d_ff=256.0" in str(info.value)
 
 
 def test_save_records_the_plugins_of_the_registry_it_is_given(tmp_path):

@@ -7,6 +7,8 @@ state dict does not depend on its kernel: weights trained with ``dense`` load in
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Optional
 
 import attrs
@@ -86,7 +88,7 @@ class MultiHeadAttention(nn.Module):
         kv_heads: number of key/value heads (grouped-query attention when < heads).
         head_dim: width of each head.
         kernel: the attention kernel.
-        bias: whether the projections have biases. Default: True.
+        bias: whether the projections have learned biases. Default: True.
         kdim: width of the key/value input (cross-attention from a wider memory). Default: d_model.
         q_norm, k_norm: optional norms applied per head to queries and keys (over Dh), before
             any rotation (QK-norm).
@@ -122,6 +124,7 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = q_norm or nn.Identity()
         self.k_norm = k_norm or nn.Identity()
         self.kernel = kernel
+        self._score_bias_keyword = (type(kernel), score_bias_keyword(kernel))
 
     def forward(
         self,
@@ -161,8 +164,11 @@ class MultiHeadAttention(nn.Module):
                 q, k = positions.encoding.rotate(q, k, q_pos, k_pos)
             if cache is not None:
                 k, v = cache.append(k, v)
-        bias = _bias_for(positions, q.shape[-2], k.shape[-2])
-        out = self.kernel(q, k, v, mask=mask, causal=causal, bias=bias)  # (B, H, Lq, Dh)
+        score_bias = _score_bias_for(positions, q.shape[-2], k.shape[-2])
+        if type(self.kernel) is not self._score_bias_keyword[0]:  # the kernel was swapped
+            self._score_bias_keyword = (type(self.kernel), score_bias_keyword(self.kernel))
+        keyword = self._score_bias_keyword[1]
+        out = self.kernel(q, k, v, mask=mask, causal=causal, **{keyword: score_bias})  # (B, H, Lq, Dh)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Lq, H*Dh) -> (B, Lq, D)
 
     def _project(self, x: Tensor, memory: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,8 +205,35 @@ def _arange(start: int, n: int, device: torch.device) -> Tensor:
     return torch.arange(start, start + n, device=device)
 
 
-def _bias_for(positions: Optional[Positions], lq: int, lk: int) -> Optional[ScoreBias]:
-    """Bind a positional encoding's score_bias to absolute positions: bias(q_idx, k_idx).
+def score_bias_keyword(kernel: nn.Module) -> str:
+    """The keyword by which ``kernel.forward`` takes the positional score bias: ``score_bias``,
+    or ``bias`` for a kernel written before the rename, which warns (``DeprecationWarning``,
+    naming the kernel) and keeps working for one release."""
+    try:
+        params = inspect.signature(kernel.forward).parameters
+    except (TypeError, ValueError):
+        return "score_bias"
+    if "score_bias" in params or "bias" not in params:
+        return "score_bias"
+    warnings.warn(
+        f"attention kernel {type(kernel).__module__}.{type(kernel).__qualname__} takes the "
+        "positional score bias as forward(..., bias=); rename that argument to score_bias= "
+        "(bias= is deprecated and will stop working in the next release)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return "bias"
+
+
+def score_bias_grid(score_bias: ScoreBias, lq: int, lk: int, device: torch.device) -> Tensor:
+    """A score bias evaluated on every (query, key) pair of Lq queries and Lk keys: (H, Lq, Lk)."""
+    q_idx = torch.arange(lq, device=device)[:, None]
+    k_idx = torch.arange(lk, device=device)[None, :]
+    return score_bias(q_idx, k_idx)
+
+
+def _score_bias_for(positions: Optional[Positions], lq: int, lk: int) -> Optional[ScoreBias]:
+    """Bind a positional encoding's score_bias to absolute positions: score_bias(q_idx, k_idx).
 
     The queries start at ``positions.offset``; the keys end where the queries end (a cache holds
     the keys before them).
@@ -211,7 +244,7 @@ def _bias_for(positions: Optional[Positions], lq: int, lk: int) -> Optional[Scor
     q_start = positions.offset
     k_start = positions.offset + lq - lk
 
-    def bias(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+    def score_bias(q_idx: Tensor, k_idx: Tensor) -> Tensor:
         return encoding.score_bias(q_idx + q_start, k_idx + k_start)
 
-    return bias
+    return score_bias

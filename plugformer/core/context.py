@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import attrs
 import torch
+
+DEPRECATED_BIAS = (
+    "BuildContext.bias is now BuildContext.score_bias (the positional score bias; 'bias' is kept "
+    "for learned biases); the old name stops working in the next release"
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -26,8 +32,9 @@ class BuildContext:
         decoder: whether the part sits in a causal decoder stack. Cross-attention there has
             ``causal`` False but its queries still arrive one at a time, so a kernel that
             looks across queries (region routing) must not.
-        bias: whether the stack's positional encoding hands attention a score bias (ALiBi, T5):
-            a kernel that cannot take one is refused at build time.
+        score_bias: whether the stack's positional encoding hands attention a score bias (ALiBi,
+            T5): a kernel that cannot take one is refused at build time. ``ctx.bias`` and
+            ``evolve(bias=...)`` are deprecated aliases (one release).
         max_len: longest sequence the model is built for (learned tables size themselves by it).
         dropout: dropout probability of the model.
         layer: index of the layer being built (0-based), for per-layer choices.
@@ -42,7 +49,7 @@ class BuildContext:
     causal: bool = False
     cross: bool = False
     decoder: bool = False
-    bias: bool = False
+    score_bias: bool = False
     max_len: int = 1024
     dropout: float = 0.0
     layer: int = 0
@@ -63,8 +70,17 @@ class BuildContext:
         """``device`` and ``dtype`` as keyword arguments for ``nn.Module`` constructors."""
         return {"device": self.device, "dtype": self.dtype}
 
+    @property
+    def bias(self) -> bool:
+        """Deprecated name of :attr:`score_bias`."""
+        warnings.warn(DEPRECATED_BIAS, DeprecationWarning, stacklevel=2)
+        return self.score_bias
+
     def evolve(self, **changes: Any) -> "BuildContext":
         """A copy with some fields changed (``head_dim`` / ``kv_heads`` re-derived if not given)."""
+        if "bias" in changes:
+            warnings.warn(DEPRECATED_BIAS, DeprecationWarning, stacklevel=2)
+            changes["score_bias"] = changes.pop("bias")
         values = attrs.asdict(self, recurse=False)
         if "heads" in changes or "d_model" in changes:
             values.pop("head_dim")

@@ -1,15 +1,18 @@
 """Autoregressive generation with a KV cache: greedy, sampling (temperature, top-k, top-p) and
 beam search, for encoder-decoder and decoder-only models.
 
-A :class:`Session` hides the model kind: ``start()`` gives the logits of the first new token,
+One path serves both model kinds: :func:`generate` asks the model for a :class:`Session`
+(``model.start_decoding(inputs, use_cache=..., **kind_options)``) and runs the strategy over it.
+A session hides the model kind: ``start()`` gives the logits of the first new token,
 ``step(tokens)`` feeds the chosen tokens back and gives the next logits, ``reorder(index)``
-follows beams. With ``use_cache=False`` every step recomputes the whole prefix: slower, and the
-reference the cache is tested against.
+follows beams. Sessions use only the models' public methods (``encode``, ``decode``,
+``padding_mask``, ``new_caches``, ``forward``). With ``use_cache=False`` every step recomputes
+the whole prefix: slower, and the reference the cache is tested against.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -37,10 +40,10 @@ class EncoderDecoderSession(Session):
     def __init__(self, model: nn.Module, src: Tensor, *, bos_id: int,
                  src_key_padding_mask: Optional[Tensor], use_cache: bool) -> None:
         self.model = model
-        self.src_key_padding_mask = model._padding(src, src_key_padding_mask)
+        self.src_key_padding_mask = model.padding_mask(src, src_key_padding_mask)
         self.memory = model.encode(src, src_key_padding_mask=self.src_key_padding_mask)
         self.tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
-        self.caches = model.stack.decoder.new_caches() if use_cache else None
+        self.caches = model.new_caches() if use_cache else None
 
     def _logits(self) -> Tensor:
         new = self.tokens[:, -1:] if self.caches is not None else self.tokens
@@ -76,7 +79,7 @@ class LanguageModelSession(Session):
         self.tokens = prompt
         self.padding = prompt_padding_mask
         self.left_padding = prompt_padding_mask.sum(1)
-        self.caches = model.decoder.new_caches() if use_cache else None
+        self.caches = model.new_caches() if use_cache else None
         self.fed = 0
 
     def _logits(self) -> Tensor:
@@ -225,9 +228,10 @@ def beam_search(
     return tokens.index_select(0, best)
 
 
-def run(
-    make_session,
-    batch: int,
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    inputs: Tensor,
     *,
     max_new_tokens: int,
     beams: int = 1,
@@ -238,26 +242,74 @@ def run(
     top_p: Optional[float] = None,
     seed: Optional[int] = None,
     length_penalty: float = 1.0,
+    use_cache: bool = True,
+    **start: Any,
 ) -> Tensor:
-    """Generate with the strategy the arguments ask for; ``make_session(repeats)`` builds a
-    session over the inputs with each row repeated ``repeats`` times (beams)."""
+    """New tokens (B, T) for inputs (B, L), with the strategy the arguments ask for.
+
+    ``model.start_decoding(inputs, use_cache=..., **start)`` makes the session; for beam search
+    every row of ``inputs`` and of the tensors in ``start`` is repeated ``beams`` times. Raises
+    ``ValueError`` for a negative ``max_new_tokens``, ``beams`` < 1, or sampling options
+    together with beam search.
+    """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if beams < 1:
         raise ValueError(f"beams must be >= 1, got {beams}")
+    if beams > 1 and (temperature or top_k or top_p):
+        raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beams=1")
     pad_id = 0 if pad_id is None else pad_id
+    start = {k: repeat_rows(v, beams) if isinstance(v, Tensor) else v for k, v in start.items()}
+    session = model.start_decoding(repeat_rows(inputs, beams), use_cache=use_cache, **start)
     if beams > 1:
-        if temperature or top_k or top_p:
-            raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beams=1")
         return beam_search(
-            make_session(beams), batch=batch, beams=beams, max_new_tokens=max_new_tokens,
+            session, batch=inputs.shape[0], beams=beams, max_new_tokens=max_new_tokens,
             eos_id=eos_id, pad_id=pad_id, length_penalty=length_penalty,
         )
-    session = make_session(1)
     return sample(
         session, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
     )
+
+
+def hf_aliases(
+    *,
+    temperature: float,
+    eos_id: Optional[int],
+    beams: int,
+    eos_token_id: Optional[int] = None,
+    num_beams: Optional[int] = None,
+    do_sample: Optional[bool] = None,
+) -> dict:
+    """Our generation keywords from the Hugging Face names where ours differ.
+
+    ``eos_token_id`` -> ``eos_id``, ``num_beams`` -> ``beams``; ``do_sample=True`` samples at
+    ``temperature`` 1.0 when none is given (as HF), ``do_sample=False`` is greedy. Raises
+    ``ValueError`` when an alias and our name are both given with different values, or when
+    ``do_sample=False`` comes with a temperature above 0.
+    """
+    def merged(ours_name: str, ours, default, theirs_name: str, theirs):
+        if theirs is None:
+            return ours
+        if ours != default and ours != theirs:
+            raise ValueError(
+                f"{ours_name}={ours!r} and its Hugging Face alias {theirs_name}={theirs!r} disagree: "
+                f"give one of them"
+            )
+        return theirs
+
+    if do_sample is True and temperature == 0:
+        temperature = 1.0
+    elif do_sample is False and temperature > 0:
+        raise ValueError(
+            f"do_sample=False asks for greedy decoding, but temperature={temperature} samples: "
+            f"drop one of them"
+        )
+    return {
+        "temperature": temperature,
+        "eos_id": merged("eos_id", eos_id, None, "eos_token_id", eos_token_id),
+        "beams": merged("beams", beams, 1, "num_beams", num_beams),
+    }
 
 
 def repeat_rows(x: Optional[Tensor], repeats: int) -> Optional[Tensor]:

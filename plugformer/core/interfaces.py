@@ -18,20 +18,22 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from plugformer.core.attention import LayerCache, Positions
 
-#: A positional score bias as handed to a kernel: ``bias(q_idx, k_idx) -> (H, *shape)`` where
+#: A positional score bias as handed to a kernel: ``score_bias(q_idx, k_idx) -> (H, *shape)`` where
 #: ``q_idx`` and ``k_idx`` are integer index tensors into the kernel's own q and k (broadcastable
 #: to ``shape``). Sparse kernels call it only where they attend; dense kernels once on the grid.
 ScoreBias = Callable[[Tensor, Tensor], Tensor]
 
 
 class AttentionKernel(nn.Module, ABC):
-    """Attention on already-projected, already-split heads: softmax(q k^T * scale [+ bias]) v.
+    """Attention on already-projected, already-split heads:
+    softmax(q k^T * scale [+ score_bias]) v.
 
     Capabilities are declared, not guessed, so that the builder can refuse an impossible
     combination before any tensor exists:
 
     * ``supports_causal``: honours ``causal=True``.
-    * ``supports_bias``: honours a positional ``bias`` callable.
+    * ``supports_bias``: honours a positional ``score_bias`` callable (the capability keeps its
+      short name; "bias" elsewhere means a learned bias of a linear layer or norm).
     * ``supports_cache``: correct when ``Lq < Lk`` under ``causal=True`` (queries are the last
       ``Lq`` positions; the mask is aligned bottom-right).
     * ``supports_mask``: honours an arbitrary boolean ``mask``.
@@ -51,7 +53,7 @@ class AttentionKernel(nn.Module, ABC):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """Attend.
 
@@ -62,7 +64,9 @@ class AttentionKernel(nn.Module, ABC):
             mask: boolean, True = may attend, broadcastable to (B, H, Lq, Lk). The stacks pass
                 key-padding masks shaped (B, 1, 1, Lk).
             causal: query i (at position Lk - Lq + i) attends keys 0..Lk - Lq + i only.
-            bias: additive positional score bias, see :data:`ScoreBias`.
+            score_bias: additive positional score bias, see :data:`ScoreBias`. Kernels written
+                before 0.2 take it as ``bias=``; the core still passes it so, with a
+                ``DeprecationWarning``, for one release.
 
         Returns:
             (B, H, Lq, Dh). A query row whose keys are all masked gives zeros, never NaN.
@@ -76,7 +80,7 @@ class PositionalEncoding(nn.Module):
     * ``rotate(q, k, q_pos, k_pos)``: applied to queries and keys (RoPE).
     * ``score_bias(q_pos, k_pos)``: additive attention-score bias (ALiBi, T5).
 
-    ``uses_embed`` / ``uses_rotate`` / ``uses_bias`` declare which hooks do something, so the
+    ``uses_embed`` / ``uses_rotate`` / ``uses_bias`` (the score bias) declare which hooks do something, so the
     stacks and the builder know without calling them.
     """
 

@@ -28,8 +28,8 @@ from plugformer.plugins.blocks import PostLNBlock, PreLNBlock
 from plugformer.plugins.dense import DenseAttention
 from plugformer.plugins.feedforward import FeedForwardNetwork
 from plugformer.plugins.fused import FusedAttention
-from plugformer.plugins.models import decoder, encoder, model_context
-from plugformer.registry.builder import _bind, resolve
+from plugformer.plugins.models import model_context, seq2seq_stack
+from plugformer.registry.builder import bind, resolve
 from plugformer.registry.registry import Registry, default_registry
 from plugformer.registry.spec import Spec
 
@@ -123,22 +123,17 @@ def from_torch(
     layout = read_torch(transformer)
     registry = registry or default_registry()
     spec = resolve(layout.spec(attn), registry=registry, check=False)
-    parts = _bind(spec, "model", registry).kwargs
+    parts = bind(spec, "model", registry).kwargs
     weight = next(transformer.parameters())
     ctx = model_context(
         BuildContext(device=weight.device, dtype=weight.dtype),
         d_model=layout.d_model, heads=layout.heads, kv_heads=None, max_len=spec.kwargs["max_len"],
         dropout=layout.dropout,
     )
-    common = {k: parts[k] for k in ("pe", "ffn", "norm", "block", "bias")}
-    stack = Seq2SeqStack(
-        encoder=encoder(
-            ctx, layout.enc_layers, attn=parts["attn"], final_norm=layout.enc_final_norm, **common
-        ),
-        decoder=decoder(
-            ctx, layout.dec_layers, attn=parts["attn"], cross_attn=parts["attn"],
-            final_norm=layout.dec_final_norm, **common,
-        ),
+    stack = seq2seq_stack(
+        ctx, layout.enc_layers, layout.dec_layers, attn=parts["attn"],
+        final_norm=(layout.enc_final_norm, layout.dec_final_norm),
+        **{k: parts[k] for k in ("pe", "ffn", "norm", "block", "bias")},
     )
     for part in (stack.encoder, stack.decoder):
         part.dropout.p = 0.0

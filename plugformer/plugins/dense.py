@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from plugformer.core.attention import repeat_kv
+from plugformer.core.attention import repeat_kv, score_bias_grid
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
 from plugformer.core.masks import masked_softmax, with_causal
@@ -40,16 +39,14 @@ class DenseAttention(AttentionKernel):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """The attention weights P: q (B, H, Lq, Dh), k (B, Hkv, Lk, Dh) -> (B, H, Lq, Lk)."""
         lq, lk = q.shape[-2], k.shape[-2]
         scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
         scores = q @ repeat_kv(k, q.shape[1]).transpose(-2, -1) * scale  # (B, H, Lq, Lk)
-        if bias is not None:
-            q_idx = torch.arange(lq, device=q.device)[:, None]
-            k_idx = torch.arange(lk, device=q.device)[None, :]
-            scores = scores + bias(q_idx, k_idx).to(scores.dtype)  # (H, Lq, Lk) broadcast
+        if score_bias is not None:
+            scores = scores + score_bias_grid(score_bias, lq, lk, q.device).to(scores.dtype)  # (H, Lq, Lk)
         return masked_softmax(scores, with_causal(mask, causal, lq, lk, q.device))
 
     def forward(
@@ -60,10 +57,10 @@ class DenseAttention(AttentionKernel):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
-        p = self.dropout(self.weights(q, k, mask=mask, causal=causal, bias=bias))
+        p = self.dropout(self.weights(q, k, mask=mask, causal=causal, score_bias=score_bias))
         return p @ repeat_kv(v, q.shape[1])
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 from typing import Literal, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from plugformer.core.attention import repeat_kv
+from plugformer.core.attention import repeat_kv, score_bias_grid
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
 from plugformer.core.masks import with_causal
@@ -63,23 +62,21 @@ class FusedAttention(AttentionKernel):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         lq, lk = q.shape[-2], k.shape[-2]
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
         dropout = self.dropout if self.training else 0.0
-        if mask is None and bias is None and (not causal or lq == lk):
+        if mask is None and score_bias is None and (not causal or lq == lk):
             return self._sdpa(q, k, v, attn_mask=None, dropout_p=dropout, is_causal=causal)
         allowed = with_causal(mask, causal, lq, lk, q.device)
         row_has_key = None if allowed is None else allowed.any(-1, keepdim=True)
         if row_has_key is not None:
             allowed = allowed | ~row_has_key  # blocked rows attend anywhere, then are zeroed
         attn_mask = allowed
-        if bias is not None:
-            q_idx = torch.arange(lq, device=q.device)[:, None]
-            k_idx = torch.arange(lk, device=q.device)[None, :]
-            attn_mask = bias(q_idx, k_idx).to(q.dtype)  # (H, Lq, Lk)
+        if score_bias is not None:
+            attn_mask = score_bias_grid(score_bias, lq, lk, q.device).to(q.dtype)  # (H, Lq, Lk)
             if allowed is not None:
                 attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         out = self._sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=False)

@@ -86,7 +86,7 @@ class LocalAttention(AttentionKernel):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         heads, lq, head_dim = q.shape[1:]
@@ -102,8 +102,8 @@ class LocalAttention(AttentionKernel):
         q_padded = nn.functional.pad(q * scale, (0, 0, 0, n_blocks * size - lq))  # (B, H, nb * c, Dh)
         q_blocks = q_padded.unflatten(2, (n_blocks, size))
         scores = q_blocks @ k_blocks.transpose(-2, -1)  # (B, H, nb, c, span)
-        if bias is not None:
-            scores = scores + bias(q_in, k_in).to(scores.dtype)  # (H, nb, c, span)
+        if score_bias is not None:
+            scores = scores + score_bias(q_in, k_in).to(scores.dtype)  # (H, nb, c, span)
         in_range = (k_idx >= 0) & (k_idx < lk)
         allowed = in_window(q_idx + (lk - lq) - k_idx, self.window, causal) & in_range  # (nb, c, span)
         if mask is None:

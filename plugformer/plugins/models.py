@@ -66,7 +66,7 @@ def blocks(
     layers = []
     for i in range(n):
         layer_ctx = ctx.evolve(layer=i, layers=n)
-        cross_ctx = layer_ctx.evolve(causal=False, cross=True, bias=False)
+        cross_ctx = layer_ctx.evolve(causal=False, cross=True, score_bias=False)
         parts = BlockParts(
             self_attn=attention(layer_ctx, self_attn, bias=bias, qk_norm=qk_norm),
             cross_attn=None
@@ -88,7 +88,7 @@ def encoder(
     ctx = ctx.evolve(causal=False, cross=False)
     positional = pe(ctx)
     layers = blocks(
-        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, ffn=ffn, norm=norm, block=block,
+        ctx.evolve(score_bias=positional.uses_bias), n, self_attn=attn, ffn=ffn, norm=norm, block=block,
         bias=bias, qk_norm=qk_norm,
     )
     return Encoder(
@@ -107,7 +107,7 @@ def decoder(
     ctx = ctx.evolve(causal=True, cross=False, decoder=True)
     positional = pe(ctx)
     layers = blocks(
-        ctx.evolve(bias=positional.uses_bias), n, self_attn=attn, cross_attn=cross_attn, ffn=ffn,
+        ctx.evolve(score_bias=positional.uses_bias), n, self_attn=attn, cross_attn=cross_attn, ffn=ffn,
         norm=norm, block=block, bias=bias, qk_norm=qk_norm,
     )
     return Decoder(
@@ -115,6 +115,27 @@ def decoder(
         norm=norm(ctx) if final_norm else None,
         positional=positional,
         dropout=ctx.dropout,
+    )
+
+
+def seq2seq_stack(
+    ctx: BuildContext, enc_layers: int, dec_layers: int, *, attn, pe, ffn, norm, block,
+    final_norm: bool | tuple[bool, bool], self_attn: Optional[PartFactory] = None,
+    cross_attn: Optional[PartFactory] = None, bias: bool = True, qk_norm: Optional[PartFactory] = None,
+) -> Seq2SeqStack:
+    """An encoder of ``enc_layers`` and a decoder of ``dec_layers`` blocks (Vaswani et al., 2017).
+
+    ``self_attn`` / ``cross_attn`` are the decoder's kernels (default ``attn``); ``final_norm``
+    is one flag for both stacks or (encoder, decoder).
+    """
+    enc_final, dec_final = final_norm if isinstance(final_norm, tuple) else (final_norm, final_norm)
+    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, bias=bias, qk_norm=qk_norm)
+    return Seq2SeqStack(
+        encoder=encoder(ctx, enc_layers, attn=attn, final_norm=enc_final, **common),
+        decoder=decoder(
+            ctx, dec_layers, attn=self_attn or attn, cross_attn=cross_attn or attn,
+            final_norm=dec_final, **common,
+        ),
     )
 
 
@@ -214,16 +235,10 @@ def encdec(
     ctx = model_context(ctx, d_model=d_model, heads=heads, kv_heads=kv_heads, max_len=max_len, dropout=dropout)
     src_vocab = _vocab("src_vocab", src_vocab, vocab)
     tgt_vocab = _vocab("tgt_vocab", tgt_vocab, vocab)
-    common = dict(pe=pe, ffn=ffn, norm=norm, block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm)
-    stack = Seq2SeqStack(
-        encoder=encoder(ctx, _layers("enc_layers", enc_layers, layers), attn=attn, **common),
-        decoder=decoder(
-            ctx,
-            _layers("dec_layers", dec_layers, layers),
-            attn=self_attn or attn,
-            cross_attn=cross_attn or attn,
-            **common,
-        ),
+    stack = seq2seq_stack(
+        ctx, _layers("enc_layers", enc_layers, layers), _layers("dec_layers", dec_layers, layers),
+        attn=attn, self_attn=self_attn, cross_attn=cross_attn, pe=pe, ffn=ffn, norm=norm,
+        block=block, final_norm=final_norm, bias=bias, qk_norm=qk_norm,
     )
     fk = ctx.factory_kwargs
     tgt_embed = TokenEmbedding(tgt_vocab, d_model, scale=True, **fk)

@@ -13,13 +13,14 @@ import difflib
 import inspect
 import types
 import typing
+import warnings
 from typing import Any, Literal, Optional, Union
 
 import attrs
 import torch
 from torch import nn
 
-from plugformer.core.context import BuildContext
+from plugformer.core.context import DEPRECATED_BIAS, BuildContext
 from plugformer.core.slots import ArgumentError, Slot
 from plugformer.registry.errors import SpecError
 from plugformer.registry.parts import REQUIRED, ArgInfo, Part
@@ -83,6 +84,9 @@ def build_part(
     ``build_part("attention", "bra(region=16, topk=2)", d_model=64, heads=4)``
     """
     registry = registry or default_registry()
+    if "bias" in context:
+        warnings.warn(DEPRECATED_BIAS, DeprecationWarning, stacklevel=2)
+        context["score_bias"] = context.pop("bias")
     fields = {f.name for f in attrs.fields(BuildContext)}
     unknown = sorted(set(context) - fields)
     if unknown:
@@ -104,8 +108,9 @@ def _as_spec(spec: str | Spec) -> Spec:
 # ----------------------------------------------------------------------------------- resolving
 
 
-def _slot_kind(tp: Any) -> tuple[Optional[str], bool]:
-    """(kind, optional) when ``tp`` is a part slot (``Annotated[..., Slot(kind)]``, maybe Optional)."""
+def slot_kind(tp: Any) -> tuple[Optional[str], bool]:
+    """(part kind, optional) of a factory argument's type ``tp``: the kind when ``tp`` is a part
+    slot (``Annotated[..., Slot(kind)]``, maybe Optional), else None."""
     optional = False
     if typing.get_origin(tp) in (Union, types.UnionType):
         members = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -163,7 +168,7 @@ class _Resolver:
             raise owner.error(
                 f"{where} holds a choice {value}; expand() the spec (or use compare) first", key
             )
-        slot, optional = _slot_kind(arg.type)
+        slot, optional = slot_kind(arg.type)
         if slot is not None:
             return self.slot(value, slot, optional, where, owner, key)
         if isinstance(value, PerLayer) and not _is_list_type(arg.type):
@@ -347,25 +352,28 @@ def _check_capabilities(bound: BoundPart, module: nn.Module, ctx: BuildContext) 
         return
     if ctx.causal and not getattr(module, "supports_causal", True):
         raise bound.spec.error(f"attention {bound.name!r} cannot run causal attention (decoder self-attention)")
-    if ctx.bias and not getattr(module, "supports_bias", False):
+    if ctx.score_bias and not getattr(module, "supports_bias", False):
         raise bound.spec.error(
             f"attention {bound.name!r} cannot take the score bias of this positional encoding; "
             "use a kernel that supports_bias (dense, fused) or another positional encoding"
         )
 
 
-def _bind(value: Any, kind: str, registry: Registry) -> Any:
-    """Turn resolved slot values into factories; leave plain values as they are."""
+def bind(value: Any, kind: str, registry: Registry) -> Any:
+    """A resolved spec (see :func:`resolve`) of a part of ``kind`` as a :class:`BoundPart`: a
+    factory ``bound(ctx) -> nn.Module`` whose ``kwargs`` hold the part's arguments with every
+    part slot bound in turn (a per-layer list of parts becomes a :class:`PerLayerPart`). Plain
+    values come back as they are."""
     if isinstance(value, Spec):
         part = registry.get(kind, value.name)
         kwargs = {}
         for arg in part.args:
-            slot, _ = _slot_kind(arg.type)
+            slot, _ = slot_kind(arg.type)
             raw = value.kwargs[arg.name]
-            kwargs[arg.name] = _bind(raw, slot, registry) if slot else _plain_list(raw, arg)
+            kwargs[arg.name] = bind(raw, slot, registry) if slot else _plain_list(raw, arg)
         return BoundPart(kind, value.name, value, part, kwargs)
     if isinstance(value, PerLayer) and all(isinstance(item, Spec) for item in value.items) and value.items:
-        return PerLayerPart(kind, tuple(_bind(item, kind, registry) for item in value.items))
+        return PerLayerPart(kind, tuple(bind(item, kind, registry) for item in value.items))
     return value
 
 
@@ -374,4 +382,4 @@ def _plain_list(value: Any, arg: ArgInfo) -> Any:
 
 
 def _instantiate(resolved: Spec, kind: str, registry: Registry, ctx: BuildContext) -> nn.Module:
-    return _bind(resolved, kind, registry)(ctx)
+    return bind(resolved, kind, registry)(ctx)

@@ -1,4 +1,5 @@
-"""The spec language's tokenizer and recursive-descent parser (see :mod:`plugformer.registry.spec`).
+"""The spec language's tokenizer and recursive-descent parser (grammar in
+:mod:`plugformer.registry.spec`, data model in :mod:`plugformer.registry.spec_model`).
 
 Hand-written, with no ``eval`` and no Python ``ast``: every error is a :class:`SpecError` with a
 caret under the offending text, and nesting is bounded so that no input reaches a RecursionError.
@@ -13,10 +14,9 @@ import string
 import attrs
 
 from plugformer.registry.errors import SpecError
-from plugformer.registry.spec import (
-    A_VALUE, KEYWORDS, MAX_DEPTH, ArgSpan, Choice, PerLayer, Span, Spec, Value,
-    _NAME_CHARS,
-    _NAME_START,
+from plugformer.registry.spec_model import (
+    A_VALUE, KEYWORDS, MAX_DEPTH, NAME_CHARS, NAME_START, ArgSpan, Choice, PerLayer, Span, Spec,
+    Value,
 )
 
 _DIGITS = frozenset(string.digits)
@@ -30,7 +30,7 @@ _UNESCAPE = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 
 @attrs.frozen
 class _Token:
-    kind: str  # "name", "int", "float", "string", "end", or the punctuation character
+    tag: str  # "name", "int", "float", "string", "end", or the punctuation character
     start: int
     end: int
     value: object = None
@@ -67,9 +67,9 @@ class _Lexer:
         ch = text[pos]
         if ch in _PUNCTUATION:
             token = _Token(ch, pos, pos + 1)
-        elif ch in _NAME_START:
+        elif ch in NAME_START:
             end = pos + 1
-            while end < len(text) and text[end] in _NAME_CHARS:
+            while end < len(text) and text[end] in NAME_CHARS:
                 end += 1
             token = _Token("name", pos, end, text[pos:end])
         elif ch in _DIGITS or ch in "-.":
@@ -107,7 +107,7 @@ class _Lexer:
             end = self._digits(end)
             valid = end > exponent
         tail = end
-        while tail < len(text) and (text[tail] in _NAME_CHARS or text[tail] == "."):
+        while tail < len(text) and (text[tail] in NAME_CHARS or text[tail] == "."):
             tail += 1
         literal = text[start:tail]
         if not valid or tail != end:
@@ -179,41 +179,41 @@ class _Parser:
 
     def parse(self) -> Spec:
         token = self.lexer.next()
-        if token.kind == "end":
+        if token.tag == "end":
             raise SpecError("empty spec; expected a part name such as 'transformer_tiny'",
                             self.text, (token.start, token.end))
-        if token.kind != "name":
-            hint = "write the name without quotes" if token.kind == "string" else None
+        if token.tag != "name":
+            hint = "write the name without quotes" if token.tag == "string" else None
             raise self._unexpected(token, "a part name such as 'transformer_tiny'", hint)
         spec = self._call(token)
         extra = self.lexer.next()
-        if extra.kind != "end":
-            hint = ("there is a ')' too many" if extra.kind == ")"
+        if extra.tag != "end":
+            hint = ("there is a ')' too many" if extra.tag == ")"
                     else "a spec is a single call: name(key=value, ...)")
             raise SpecError("unexpected text after the spec", self.text,
                             (extra.start, len(self.text.rstrip())), hint)
         return spec
 
     def _call(self, name: _Token) -> Spec:
-        if self.lexer.peek().kind != "(":
+        if self.lexer.peek().tag != "(":
             return Spec(name.value, span=(name.start, name.end), bare=True, source=self.text)
         opening = self._open()
         args: list[tuple[str, Value]] = []
         arg_spans: list[tuple[str, ArgSpan]] = []
         while True:
             key = self.lexer.next()
-            if key.kind == ")":
+            if key.tag == ")":
                 break
             self._check_argument_name(key, opening, arg_spans)
             value, value_span = self._value()
             args.append((key.value, value))
             arg_spans.append((key.value, ArgSpan((key.start, key.end), value_span)))
             separator = self.lexer.next()
-            if separator.kind == ")":
+            if separator.tag == ")":
                 key = separator
                 break
-            if separator.kind != ",":
-                hint = "separate arguments with ','" if separator.kind == "name" else None
+            if separator.tag != ",":
+                hint = "separate arguments with ','" if separator.tag == "name" else None
                 raise self._unexpected(separator, "',' or ')'", hint, opening)
         self.depth -= 1
         return Spec(name.value, tuple(args), span=(name.start, key.end),
@@ -223,15 +223,15 @@ class _Parser:
                              written: list[tuple[str, ArgSpan]]) -> None:
         """Raise unless ``key`` starts ``name =``; consumes the '='."""
         after = self.lexer.peek()
-        positional = key.kind in ("int", "float", "string", "[", "{") or (
-            key.kind == "name" and after.kind in (",", ")", "("))
+        positional = key.tag in ("int", "float", "string", "[", "{") or (
+            key.tag == "name" and after.tag in (",", ")", "("))
         if positional:
             raise SpecError("positional arguments are not allowed; write name=value",
                             self.text, (key.start, key.end),
                             "every argument is a keyword argument, e.g. bra(region=64)")
-        if key.kind != "name":
+        if key.tag != "name":
             raise self._unexpected(key, "an argument name or ')'", None, opening)
-        if after.kind != "=":
+        if after.tag != "=":
             raise SpecError(f"expected '=' after argument name {key.value!r}", self.text,
                             (after.start, after.end), f"write {key.value}=value")
         for seen, spans in written:
@@ -245,16 +245,16 @@ class _Parser:
     def _value(self) -> tuple[Value, Span]:
         token = self.lexer.next()
         span = (token.start, token.end)
-        if token.kind in ("int", "float", "string"):
+        if token.tag in ("int", "float", "string"):
             return token.value, span
-        if token.kind == "name":
-            if token.value in KEYWORDS and self.lexer.peek().kind != "(":
+        if token.tag == "name":
+            if token.value in KEYWORDS and self.lexer.peek().tag != "(":
                 return KEYWORDS[token.value], span
             spec = self._call(token)
             return spec, spec.span
-        if token.kind == "[":
+        if token.tag == "[":
             return self._sequence(token, "]")
-        if token.kind == "{":
+        if token.tag == "{":
             return self._sequence(token, "}")
         raise self._unexpected(token, A_VALUE)
 
@@ -264,17 +264,17 @@ class _Parser:
         items: list[Value] = []
         spans: list[Span] = []
         while True:
-            if self.lexer.peek().kind == closer:
+            if self.lexer.peek().tag == closer:
                 end = self.lexer.next().end
                 break
             value, value_span = self._value()
             items.append(value)
             spans.append(value_span)
             separator = self.lexer.next()
-            if separator.kind == closer:
+            if separator.tag == closer:
                 end = separator.end
                 break
-            if separator.kind != ",":
+            if separator.tag != ",":
                 raise self._unexpected(separator, f"',' or '{closer}'", None, opening)
         self.depth -= 1
         span = (opening.start, end)
@@ -298,14 +298,14 @@ class _Parser:
 
     def _unexpected(self, token: _Token, expected: str, hint: str | None = None,
                     opening: _Token | None = None) -> SpecError:
-        if token.kind == "end":
+        if token.tag == "end":
             found = "end of spec"
             if opening is not None and hint is None:
-                hint = f"the '{opening.kind}' at column {opening.start + 1} is not closed"
+                hint = f"the '{opening.tag}' at column {opening.start + 1} is not closed"
         else:
             written = self.text[token.start:token.end]
             if len(written) > 30:
                 written = written[:27] + "..."
-            found = f"string {written}" if token.kind == "string" else f"'{written}'"
+            found = f"string {written}" if token.tag == "string" else f"'{written}'"
         return SpecError(f"unexpected {found}; expected {expected}", self.text,
                          (token.start, token.end), hint)

@@ -100,7 +100,7 @@ def test_failed_variant_gives_status_1(capsys):
     from plugformer.registry.registry import Registry
 
     class NaNAttention(AttentionKernel):
-        def forward(self, q, k, v, *, mask=None, causal=False, bias=None):
+        def forward(self, q, k, v, *, mask=None, causal=False, score_bias=None):
             return torch.full_like(q, math.nan)
 
     registry = Registry(autoload=True)

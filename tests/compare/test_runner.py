@@ -100,14 +100,14 @@ def test_a_variant_that_does_not_build_stops_before_training(specs, message):
 class NaNAttention(AttentionKernel):
     """Returns NaN: a broken custom kernel."""
 
-    def forward(self, q, k, v, *, mask=None, causal=False, bias=None):
+    def forward(self, q, k, v, *, mask=None, causal=False, score_bias=None):
         return torch.full_like(q, math.nan)
 
 
 class RaisingAttention(AttentionKernel):
     """Raises at run time, after building fine."""
 
-    def forward(self, q, k, v, *, mask=None, causal=False, bias=None):
+    def forward(self, q, k, v, *, mask=None, causal=False, score_bias=None):
         raise RuntimeError("kernel exploded")
 
 

@@ -65,9 +65,9 @@ def test_causal_attention_equals_the_papers_row_shifted_form():
     torch.manual_seed(0)
     pe = ALiBiPositions(heads=4)
     q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)
-    ours = DenseAttention()(q, k, v, causal=True, bias=pe.score_bias)
+    ours = DenseAttention()(q, k, v, causal=True, score_bias=pe.score_bias)
     slopes = torch.tensor(paper_slopes(4))[:, None, None]
-    paper = DenseAttention()(q, k, v, causal=True, bias=lambda qi, ki: slopes * ki.float())
+    paper = DenseAttention()(q, k, v, causal=True, score_bias=lambda qi, ki: slopes * ki.float())
     torch.testing.assert_close(ours, paper, atol=1e-5, rtol=1e-5)
 
 

@@ -69,14 +69,14 @@ CASES = {
     "arbitrary": dict(lq=5, lk=6, mask=torch.rand(B, H, 5, 6, generator=torch.Generator().manual_seed(5)) > 0.4),
     "gqa": dict(kv_heads=2),
     "gqa-causal-cache": dict(kv_heads=1, lq=2, lk=5, causal=True),
-    "bias": dict(lq=4, lk=6, bias=alibi_like),
-    "bias-causal-padding": dict(lq=4, lk=6, causal=True, bias=alibi_like, mask=padding_mask([6, 5], 6)),
+    "bias": dict(lq=4, lk=6, score_bias=alibi_like),
+    "bias-causal-padding": dict(lq=4, lk=6, causal=True, score_bias=alibi_like, mask=padding_mask([6, 5], 6)),
 }
 
 
 def run_case(name, case):
     q, k, v = qkv(case.get("lq", 5), case.get("lk", 5), case.get("kv_heads", H))
-    kwargs = {key: case[key] for key in ("mask", "causal", "bias") if key in case}
+    kwargs = {key: case[key] for key in ("mask", "causal", "score_bias") if key in case}
     return (q, k, v), kernel(name)(q, k, v, **kwargs)
 
 
@@ -96,8 +96,8 @@ def test_kernel_equals_the_definition(name, case):
     (q, k, v), out = run_case(name, spec)
     lq, lk = q.shape[2], k.shape[2]
     bias = None
-    if "bias" in spec:
-        bias = spec["bias"](torch.arange(lq)[:, None], torch.arange(lk)[None, :])
+    if "score_bias" in spec:
+        bias = spec["score_bias"](torch.arange(lq)[:, None], torch.arange(lk)[None, :])
     with torch.no_grad():
         expected = reference(q, k, v, allowed=allowed_of(spec, lq, lk), bias=bias)
     assert out.shape == q.shape
@@ -147,7 +147,7 @@ def test_a_query_without_keys_gives_zeros_and_finite_gradients(name, setup):
 def test_dense_weights_rows_sum_to_one():
     q, k, _ = qkv(4, 6)
     mask = padding_mask([6, 2], 6)
-    weights = kernel("dense").weights(q, k, mask=mask, causal=True, bias=alibi_like)
+    weights = kernel("dense").weights(q, k, mask=mask, causal=True, score_bias=alibi_like)
     assert weights.shape == (B, H, 4, 6)
     assert torch.allclose(weights.sum(-1), torch.ones(B, H, 4))
     assert (weights[~allowed_of(dict(mask=mask, causal=True), 4, 6)] == 0).all()

@@ -65,8 +65,8 @@ def test_masks_and_bias_are_honoured(mask_shape, block):
     shape = {"padding": (2, 1, 1, lk), "full": (lq, lk), "per_head": (2, 4, lq, lk)}[mask_shape]
     mask = torch.rand(shape) > 0.3
     pe = ALiBiPositions(heads=4)
-    got = LocalAttention(window=4, block=block)(q, k, v, mask=mask, causal=True, bias=pe.score_bias)
-    expected = DenseAttention()(q, k, v, mask=mask & brute_band(lq, lk, 4, True), bias=pe.score_bias)
+    got = LocalAttention(window=4, block=block)(q, k, v, mask=mask, causal=True, score_bias=pe.score_bias)
+    expected = DenseAttention()(q, k, v, mask=mask & brute_band(lq, lk, 4, True), score_bias=pe.score_bias)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -8,10 +8,10 @@ from torch import nn
 
 import plugformer
 from plugformer import build, parse, resolve
-from plugformer.plugins import gated_ffn, presets_modern, rmsnorm, rope, t5_bias
+from plugformer.plugins import gated_ffn, norms, presets_modern, rope, t5_bias
 from plugformer.plugins.fused import FusedAttention
 from plugformer.plugins.gated_ffn import GatedFeedForward
-from plugformer.plugins.rmsnorm import RMSNorm
+from plugformer.plugins.norms import RMSNorm
 from plugformer.plugins.rope import RotaryPositions
 from plugformer.plugins.t5_bias import T5RelativeBias
 
@@ -22,7 +22,7 @@ def registered():
     loaded = {p.name for p in plugformer.registry.plugins}
     added = [
         plugformer.registry.register_plugin(m)
-        for m in (rope, t5_bias, rmsnorm, gated_ffn, presets_modern)
+        for m in (rope, t5_bias, norms, gated_ffn, presets_modern)
         if m.__name__ not in loaded
     ]
     yield

@@ -261,7 +261,7 @@ def test_cosine_adds_the_positional_bias(qkv):
     grid = alibi(torch.arange(5)[:, None], torch.arange(7)[None, :])
     kernel = CosineAttention(init_scale=10.0)
     torch.testing.assert_close(
-        kernel(q, k, v, bias=alibi), _cosine_reference(q, k, v, 10.0, bias=grid)
+        kernel(q, k, v, score_bias=alibi), _cosine_reference(q, k, v, 10.0, bias=grid)
     )
 
 

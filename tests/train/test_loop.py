@@ -113,7 +113,7 @@ def test_a_non_finite_loss_stops_the_run(tmp_path):
     from plugformer.core.interfaces import AttentionKernel
 
     class NaNAttention(AttentionKernel):
-        def forward(self, q, k, v, *, mask=None, causal=False, bias=None):
+        def forward(self, q, k, v, *, mask=None, causal=False, score_bias=None):
             return torch.full_like(q, math.nan)
 
     registry = Registry(autoload=True)

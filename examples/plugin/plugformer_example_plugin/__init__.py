@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plugformer.core.attention import repeat_kv
+from plugformer.core.attention import repeat_kv, score_bias_grid
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
 from plugformer.core.masks import masked_softmax, with_causal
@@ -66,17 +66,15 @@ class CosineAttention(AttentionKernel):
         *,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        bias: Optional[ScoreBias] = None,
+        score_bias: Optional[ScoreBias] = None,
     ) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         heads, lq, lk = q.shape[1], q.shape[-2], k.shape[-2]
         q = F.normalize(q, dim=-1, eps=self.eps)
         k = F.normalize(repeat_kv(k, heads), dim=-1, eps=self.eps)  # (B, H, Lk, Dh)
         scores = self.scale * (q @ k.transpose(-2, -1))  # (B, H, Lq, Lk)
-        if bias is not None:
-            q_idx = torch.arange(lq, device=q.device)[:, None]
-            k_idx = torch.arange(lk, device=q.device)[None, :]
-            scores = scores + bias(q_idx, k_idx).to(scores.dtype)  # (H, Lq, Lk) broadcast
+        if score_bias is not None:
+            scores = scores + score_bias_grid(score_bias, lq, lk, q.device).to(scores.dtype)  # (H, Lq, Lk)
         weights = masked_softmax(scores, with_causal(mask, causal, lq, lk, q.device))
         return self.dropout(weights) @ repeat_kv(v, heads)
 

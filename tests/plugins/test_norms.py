@@ -1,4 +1,5 @@
-"""``rmsnorm`` and ``qk_norms``: against x / sqrt(mean(x^2) + eps) * g."""
+"""Norms: ``rmsnorm`` and ``qk_norms`` against x / sqrt(mean(x^2) + eps) * g; the old
+``plugformer.plugins.rmsnorm`` / ``block_variants`` import paths warn."""
 
 from __future__ import annotations
 
@@ -9,21 +10,8 @@ import plugformer
 from plugformer import SpecError, build, build_part
 from plugformer.core.attention import MultiHeadAttention
 from plugformer.core.context import BuildContext
-from plugformer.plugins import rmsnorm as rmsnorm_plugin
 from plugformer.plugins.dense import DenseAttention
-from plugformer.plugins.rmsnorm import RMSNorm, qk_norms
-
-
-@pytest.fixture(autouse=True, scope="module")
-def registered():
-    """Registers the plugin while it is not a built-in yet (see BUILTIN_PLUGINS)."""
-    loaded = {p.name for p in plugformer.registry.plugins}
-    added = [
-        plugformer.registry.register_plugin(m) for m in (rmsnorm_plugin,) if m.__name__ not in loaded
-    ]
-    yield
-    for name in added:
-        plugformer.registry.unregister_plugin(name)
+from plugformer.plugins.norms import RMSNorm, qk_norms
 
 
 def formula(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
@@ -93,3 +81,20 @@ def test_qk_norms_normalise_each_head_over_head_dim():
     v = attention.v_proj(x).unflatten(-1, (2, 8)).transpose(1, 2)
     expected = attention.out_proj(DenseAttention()(q, k, v).transpose(1, 2).flatten(2))
     torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("rmsnorm", "norms", "RMSNorm"),
+    ("rmsnorm", "norms", "qk_norms"),
+    ("block_variants", "blocks", "ParallelBlock"),
+    ("block_variants", "blocks", "sandwich"),
+])
+def test_moved_names_still_import_from_their_old_module_with_a_warning(old, new, name):
+    import importlib
+
+    old_module = importlib.import_module(f"plugformer.plugins.{old}")
+    with pytest.warns(DeprecationWarning, match=rf"plugins\.{old}\.{name} moved to plugformer\.plugins\.{new}"):
+        moved = getattr(old_module, name)
+    assert moved is getattr(importlib.import_module(f"plugformer.plugins.{new}"), name)
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        old_module.missing
