@@ -236,7 +236,7 @@ def write_report(
             `Comparison` (one seed, converted by `records_from_comparison`).
         path: the file to write, or a folder to write ``report.html`` in.
         route_maps: variant label -> route-map PNG (bytes or a path), e.g. written by
-            `plugformer.plugins.routes_plot.plot_routes`; each is shown under its run card.
+            `plugformer.plugins.bra.plot_routes`; each is shown under its run card.
         target: adds steps / seconds / FLOPs to reach this value of the primary metric.
         title: the page title. Default: ``plugformer comparison: <task>``.
 

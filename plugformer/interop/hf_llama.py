@@ -30,7 +30,7 @@ from plugformer.interop.hf_common import (
     spec_float,
 )
 from plugformer.plugins.gated_ffn import GatedFeedForward
-from plugformer.plugins.rmsnorm import RMSNorm
+from plugformer.plugins.norms import RMSNorm
 from plugformer.plugins.rope import RotaryPositions
 from plugformer.registry.builder import build
 from plugformer.registry.registry import Registry

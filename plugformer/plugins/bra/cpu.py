@@ -26,14 +26,14 @@ from plugformer.plugins.bra.tiles import region_tiles, tile_indices, tile_mask, 
 
 def masked_dense(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
                  key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-                 bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
+                 score_bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
     """Every score q k^T, softmax under the routed mask.
 
     The calling convention of every path (this, :func:`tiled` and :func:`.flex.flex_bra`):
     q (B, H, Lq, Dh); k, v (B, Hkv, Lk, Dh) with ``H % Hkv == 0``; ``routes`` from
     :func:`.routing.route` and the ``geometry`` (lengths, region, routing kind, causality) of
     the call; ``scale`` multiplies q k^T; ``key_valid`` (B, Lk), True = real key; ``mask`` a
-    general boolean mask (B, Hm, Lq, Lk) or None; ``bias(q_idx, k_idx) -> (H, *shape)`` a
+    general boolean mask (B, Hm, Lq, Lk) or None; ``score_bias(q_idx, k_idx) -> (H, *shape)`` a
     positional score bias; ``dropout`` the probability on the attention weights (0 = off).
 
     Returns:
@@ -44,10 +44,10 @@ def masked_dense(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geom
     if dtype in (torch.float16, torch.bfloat16):  # as the tiles: half inputs, float32 maths
         q, k, v = q.float(), k.float(), v.float()
     scores = q @ repeat_kv(k, q.shape[1]).transpose(-2, -1) * scale  # (B, H, Lq, Lk)
-    if bias is not None:
+    if score_bias is not None:
         q_idx = torch.arange(geometry.lq, device=q.device)[:, None]
         k_idx = torch.arange(geometry.lk, device=q.device)[None, :]
-        scores = scores + bias(q_idx, k_idx).to(scores.dtype)
+        scores = scores + score_bias(q_idx, k_idx).to(scores.dtype)
     weights = masked_softmax(scores, allowed)
     if dropout:
         weights = F.dropout(weights, dropout)
@@ -56,7 +56,7 @@ def masked_dense(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geom
 
 def tiled(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
           key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-          bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
+          score_bias: Optional[ScoreBias] = None, dropout: float = 0.0) -> Tensor:
     """Only the scores of the chosen regions, gathered into tiles; arguments and result as
     :func:`masked_dense`."""
     if geometry.token:
@@ -65,9 +65,9 @@ def tiled(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *
         tiles = region_tiles(routes, lq=geometry.lq, nk=geometry.nk, region=geometry.region)
     allowed = tile_mask(tiles, geometry, key_valid=key_valid, mask=mask)
     cell_bias = None
-    if bias is not None:
+    if score_bias is not None:
         q_idx, k_idx = tile_indices(tiles, geometry)
-        cell_bias = bias(q_idx[:, :, None], k_idx[:, None, :])
+        cell_bias = score_bias(q_idx[:, :, None], k_idx[:, None, :])
         cell_bias = cell_bias.expand(q.shape[1], *tiles.rows.shape, k_idx.shape[1])  # (H, T, C, S*R)
     return tiled_attention(
         q, k, v, tiles, region=geometry.region, allowed=allowed, scale=scale, bias=cell_bias,

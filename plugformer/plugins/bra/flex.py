@@ -72,7 +72,7 @@ def block_mask(
 
 def flex_bra(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry, *, scale: float,
              key_valid: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-             bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None, compile: bool = True) -> Tensor:
+             score_bias: Optional[Callable[[Tensor, Tensor], Tensor]] = None, compile: bool = True) -> Tensor:
     """Bi-level routing attention by ``flex_attention``: arguments and result as
     :func:`.cpu.masked_dense` (without dropout), and ``compile``: run the compiled kernel (the
     fast one); eager materialises every score. A query with no key to attend gets zeros.
@@ -84,7 +84,7 @@ def flex_bra(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry
     blocks = block_mask(routes, geometry, key_valid=key_valid, mask=mask)
     attend = _compiled() if compile else flex_attention
     return attend(
-        q, k, v, score_mod=None if bias is None else _score_mod(bias), block_mask=blocks, scale=scale,
+        q, k, v, score_mod=None if score_bias is None else _score_mod(score_bias), block_mask=blocks, scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
 

@@ -116,13 +116,13 @@ class BiLevelRoutingAttention(AttentionKernel):
         )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
-                causal: bool = False, bias: Optional[ScoreBias] = None) -> Tensor:
+                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
         """Attend each query to the tokens of its chosen regions: (B, H, Lq, Dh) out.
 
         q is (B, H, Lq, Dh), k and v (B, Hkv, Lk, Dh) with ``H % Hkv == 0``; ``mask`` is boolean,
         True = may attend, broadcastable to (B, H, Lq, Lk) (key-padding masks (B, 1, 1, Lk) are
         the cheap case); with ``causal`` query i sits at position Lk - Lq + i and sees keys up to
-        it; ``bias(q_idx, k_idx) -> (H, *shape)`` is a positional score bias. A query with no key
+        it; ``score_bias(q_idx, k_idx) -> (H, *shape)`` is a positional score bias. A query with no key
         to attend gets zeros.
         """
         b, h, lq, _ = q.shape
@@ -139,7 +139,7 @@ class BiLevelRoutingAttention(AttentionKernel):
             attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
             options = {"dropout": dropout}
         out = attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
-                     bias=bias, **options)
+                     score_bias=score_bias, **options)
         return out if context is None else out + context
 
     def geometry(self, q: Tensor, k: Tensor, *, causal: bool = False) -> Geometry:

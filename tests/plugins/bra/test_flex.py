@@ -52,9 +52,9 @@ def test_flex_gathers_a_general_mask_and_a_bias(dense_up_to):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         geometry = Geometry(lq=40, lk=40, region=8, token=False, causal=False)
-        out = flex.flex_bra(q, k, v, routes, geometry, key_valid=key_valid, mask=general, bias=bias,
+        out = flex.flex_bra(q, k, v, routes, geometry, key_valid=key_valid, mask=general, score_bias=bias,
                             scale=8**-0.5, compile=False)
-    torch.testing.assert_close(out, kernel(q, k, v, mask=general, bias=bias), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, kernel(q, k, v, mask=general, score_bias=bias), atol=1e-5, rtol=0)
 
 
 @pytest.mark.gpu

@@ -93,7 +93,7 @@ def test_general_mask_and_bias_are_gathered_at_the_routed_cells(dense_up_to):
     allowed = general & implied_mask(routes, token=False, b=2, lq=40, lk=40, region=8)
     grid = bias(torch.arange(40)[:, None], torch.arange(40)[None, :])  # (H, Lq, Lk)
     expected = written_out(q, k, v, allowed, bias=grid)
-    torch.testing.assert_close(kernel(q, k, v, mask=general, bias=bias), expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(kernel(q, k, v, mask=general, score_bias=bias), expected, atol=1e-10, rtol=0)
 
 
 def test_fully_masked_rows_give_zeros(dense_up_to):
@@ -173,7 +173,7 @@ def test_gradcheck_with_bias_and_dropout(dense_up_to):
 
     def attend(q, k, v, slope):
         torch.manual_seed(1)  # the same dropout mask on every call
-        return kernel(q, k, v, causal=True, bias=lambda qi, ki: slope[:, None, None, None] * (ki - qi))
+        return kernel(q, k, v, causal=True, score_bias=lambda qi, ki: slope[:, None, None, None] * (ki - qi))
 
     inputs = [x.requires_grad_() for x in (q, k, v, slope)]
     assert torch.autograd.gradcheck(attend, inputs, fast_mode=True)
