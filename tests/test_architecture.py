@@ -2,7 +2,8 @@
 
 - ``core`` imports nothing from ``registry``, ``plugins``, ``tasks``, ``compare``, ``train`` or
   ``interop``;
-- nothing under ``plugins`` imports ``compare``, ``train``, ``cli`` or ``io``;
+- nothing under ``plugins`` imports ``compare``, ``train``, ``cli`` or ``io``; ``registry``
+  imports no part, ``tasks`` no consumer of tasks, ``train`` not ``compare``;
 - no module imports a name starting with ``_`` from another plugformer module;
 - no two plugformer modules import each other (directly or through a longer cycle);
 - no file is longer than 400 lines.
@@ -20,6 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "plugformer"
 FORBIDDEN = {
     "plugformer.core": ("registry", "plugins", "tasks", "compare", "train", "interop", "io", "cli"),
     "plugformer.plugins": ("compare", "train", "cli", "io"),
+    "plugformer.registry": ("plugins", "tasks", "compare", "train", "interop", "io", "cli"),
+    "plugformer.tasks": ("compare", "train", "interop", "cli"),
+    "plugformer.train": ("compare", "interop", "cli"),
 }
 MAX_LINES = 400
 
