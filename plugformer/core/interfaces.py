@@ -45,16 +45,8 @@ class AttentionKernel(nn.Module, ABC):
     supports_mask: ClassVar[bool] = True
 
     @abstractmethod
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: Optional[Tensor] = None,
-        causal: bool = False,
-        score_bias: Optional[ScoreBias] = None,
-    ) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
         """Attend.
 
         Args:

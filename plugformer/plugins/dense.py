@@ -49,16 +49,8 @@ class DenseAttention(AttentionKernel):
             scores = scores + score_bias_grid(score_bias, lq, lk, q.device).to(scores.dtype)  # (H, Lq, Lk)
         return masked_softmax(scores, with_causal(mask, causal, lq, lk, q.device))
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: Optional[Tensor] = None,
-        causal: bool = False,
-        score_bias: Optional[ScoreBias] = None,
-    ) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         p = self.dropout(self.weights(q, k, mask=mask, causal=causal, score_bias=score_bias))
         return p @ repeat_kv(v, q.shape[1])

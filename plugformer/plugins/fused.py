@@ -54,16 +54,8 @@ class FusedAttention(AttentionKernel):
         self.dropout = dropout
         self.backend = backend
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: Optional[Tensor] = None,
-        causal: bool = False,
-        score_bias: Optional[ScoreBias] = None,
-    ) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         lq, lk = q.shape[-2], k.shape[-2]
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])

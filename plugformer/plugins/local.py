@@ -78,16 +78,8 @@ class LocalAttention(AttentionKernel):
         self.scale = scale
         self.dropout = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: Optional[Tensor] = None,
-        causal: bool = False,
-        score_bias: Optional[ScoreBias] = None,
-    ) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         heads, lq, head_dim = q.shape[1:]
         lk = k.shape[-2]
