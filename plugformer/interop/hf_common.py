@@ -35,6 +35,23 @@ def require_transformers() -> Any:
     return transformers
 
 
+def shared_config(model: nn.Module) -> dict[str, Any]:
+    """The config entries every exported shape writes alike: the head's tying and the special
+    ids (``bos``/``eos`` left unset so that Hugging Face's ``generate`` never stops early)."""
+    return {"tie_word_embeddings": is_tied(model), "pad_token_id": model.pad_id,
+            "bos_token_id": None, "eos_token_id": None}
+
+
+def instantiate(class_name: str, config: Any, model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """``transformers.<class_name>(config)`` on ``model``'s device and dtype, holding ``state``
+    (strictly: every key of the Hugging Face model, and no other), in eval mode."""
+    transformers = require_transformers()
+    weight = next(model.parameters())
+    hf = getattr(transformers, class_name)(config).to(device=weight.device, dtype=weight.dtype)
+    hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
 def spec_part(model: nn.Module, name: str, fallback: nn.Module) -> str:
     """The spec text of ``model``'s argument ``name`` (e.g. ``bra(region=64, ...)``) for error
     messages; the class name of ``fallback`` when the model carries no spec."""

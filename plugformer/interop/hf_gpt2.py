@@ -17,15 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from plugformer.interop.hf_common import (
-    InteropError,
-    check_lm,
-    exported_embeddings,
-    imported_embeddings,
-    is_tied,
-    one_value,
-    require_transformers,
-    spec_float,
-    spec_part,
+    InteropError, check_lm, exported_embeddings, imported_embeddings, instantiate,
+    is_tied, one_value, require_transformers, shared_config, spec_float, spec_part,
 )
 from plugformer.plugins.feedforward import FeedForwardNetwork
 from plugformer.plugins.norms import LayerNorm
@@ -100,21 +93,13 @@ def gpt2_config(model: nn.Module) -> Any:
         embd_pdrop=dropout,
         attn_pdrop=dropout,
         layer_norm_epsilon=one_value([norm.eps for norm in norms], "layernorm eps", TARGET),
-        tie_word_embeddings=is_tied(model),
-        pad_token_id=model.pad_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **shared_config(model),
     )
 
 
 def to_gpt2(model: nn.Module) -> nn.Module:
     """A ``GPT2LMHeadModel`` computing the same logits as ``model`` (same dtype and device)."""
-    transformers = require_transformers()
-    config = gpt2_config(model)
-    weight = next(model.parameters())
-    hf = transformers.GPT2LMHeadModel(config).to(device=weight.device, dtype=weight.dtype)
-    hf.load_state_dict(_hf_state(model), strict=True)
-    return hf.eval()
+    return instantiate("GPT2LMHeadModel", gpt2_config(model), model, _hf_state(model))
 
 
 def from_gpt2(hf_model: nn.Module, *, registry: Optional[Registry] = None) -> nn.Module:

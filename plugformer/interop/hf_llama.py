@@ -19,15 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from plugformer.interop.hf_common import (
-    InteropError,
-    check_lm,
-    exported_embeddings,
-    imported_embeddings,
-    is_tied,
-    one_value,
-    require_transformers,
-    spec_part,
-    spec_float,
+    InteropError, check_lm, exported_embeddings, imported_embeddings, instantiate,
+    is_tied, one_value, require_transformers, shared_config, spec_float, spec_part,
 )
 from plugformer.plugins.gated_ffn import GatedFeedForward
 from plugformer.plugins.norms import RMSNorm
@@ -96,21 +89,13 @@ def llama_config(model: nn.Module) -> Any:
         attention_bias=one_value([layer.self_attn.q_proj.bias is not None for layer in layers], "bias", TARGET),
         mlp_bias=one_value([layer.ffn.up_proj.bias is not None for layer in layers], "ffn bias", TARGET),
         attention_dropout=model.decoder.dropout.p,
-        tie_word_embeddings=is_tied(model),
-        pad_token_id=model.pad_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **shared_config(model),
     )
 
 
 def to_llama(model: nn.Module) -> nn.Module:
     """A ``LlamaForCausalLM`` computing the same logits as ``model`` (same dtype and device)."""
-    transformers = require_transformers()
-    config = llama_config(model)
-    weight = next(model.parameters())
-    hf = transformers.LlamaForCausalLM(config).to(device=weight.device, dtype=weight.dtype)
-    hf.load_state_dict(_hf_state(model), strict=True)
-    return hf.eval()
+    return instantiate("LlamaForCausalLM", llama_config(model), model, _hf_state(model))
 
 
 def from_llama(
