@@ -231,8 +231,8 @@ class Registry:
     ) -> None:
         """Load the built-in plugins, then every ``plugformer`` entry point, one by one.
 
-        A plugin that fails to import or register is recorded in :attr:`failures` (any parts
-        it added are removed) and the others keep loading. Loading happens once per registry;
+        A plugin that fails to import or register is recorded in :attr:`failures` (its parts
+        are removed, the parts it replaced come back) and the others keep loading. Loading happens once per registry;
         later calls do nothing.
 
         Args:
@@ -260,7 +260,7 @@ class Registry:
         """Register a plugin module or object by hand and run its hook; return its name.
 
         For tests and notebooks. Errors propagate (nothing is recorded), and a plugin whose
-        hook fails leaves no part behind.
+        hook fails leaves the registry as it was.
         """
         self._ensure_loaded()
         name = name or self._pm.get_canonical_name(plugin)
