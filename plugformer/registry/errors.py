@@ -1,7 +1,9 @@
-"""The error raised for anything wrong in a spec, from syntax to impossible combinations.
+"""The errors of the registry and the spec language.
 
-A `SpecError` carries the spec text and the span of the offending part, and renders a caret
-line under it, so that the parser, the resolver and the builder all point at the same place::
+`UnknownPartError` and `DuplicatePartError` are raised by the registry's look-ups and additions.
+A `SpecError` is raised for anything wrong in a spec, from syntax to impossible combinations. It
+carries the spec text and the span of the offending part, and renders a caret line under it, so
+that the parser, the resolver and the builder all point at the same place::
 
     unknown argument 'topc' of attention 'bra'
       transformer_base(attn=bra(region=64, topc=4))
@@ -12,10 +14,59 @@ line under it, so that the parser, the resolver and the builder all point at the
 from __future__ import annotations
 
 import unicodedata
+from typing import Iterable, Optional
 
-__all__ = ["SpecError"]
+from plugformer.registry.parts import Part, close_matches
+
+__all__ = ["DuplicatePartError", "SpecError", "UnknownPartError"]
 
 Span = tuple[int, int]
+
+
+class UnknownPartError(LookupError):
+    """No part of that kind has that name.
+
+    Attributes:
+        kind: the kind looked in (None when every kind was searched).
+        name: the name asked for.
+        suggestions: registered names close to it (did-you-mean), best first.
+        available: every registered name of that kind, sorted.
+    """
+
+    def __init__(
+        self,
+        kind: Optional[str],
+        name: str,
+        available: Iterable[str],
+        suggestions: Optional[Iterable[str]] = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.available = tuple(sorted(available))
+        self.suggestions = tuple(
+            close_matches(name, self.available) if suggestions is None else suggestions
+        )
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        message = f"unknown {self.kind or 'part'} {self.name!r}"
+        if self.suggestions:
+            message += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        else:
+            message += ";"
+        if self.kind is None:
+            return message.rstrip(";")
+        if self.available:
+            return message + " available: " + ", ".join(self.available)
+        return message + f" no {self.kind} parts are registered"
+
+
+class DuplicatePartError(ValueError):
+    """A different factory is already registered under that kind and name."""
+
+    def __init__(self, message: str, *, existing: Part) -> None:
+        super().__init__(message)
+        self.existing = existing
 
 
 class SpecError(ValueError):

@@ -3,7 +3,10 @@
 Every plugin, built-in or third-party, is a module (or object) with
 ``@hookimpl def plugformer_register(registry)`` that calls :meth:`Registry.add` once per part.
 Plugins are loaded one at a time and their hook is called for them alone, so a failure is
-attributed to the plugin that caused it, recorded, and does not stop the others.
+attributed to the plugin that caused it, recorded, and does not stop the others. A plugin that
+fails, and a plugin that is unregistered, leaves the registry as it was without it: its parts go
+and what they replaced comes back (a stack of definitions per name, see
+:mod:`plugformer.registry.table`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pluggy
 from plugformer.hooks import PROJECT
 from plugformer.registry import discovery, hookspecs
 from plugformer.registry.discovery import PluginError, PluginFailure, PluginInfo
+from plugformer.registry.errors import DuplicatePartError, UnknownPartError
 from plugformer.registry.parts import (
     KINDS,
     NAME_PATTERN,
@@ -33,6 +37,7 @@ from plugformer.registry.parts import (
     inspect_factory,
     same_definition,
 )
+from plugformer.registry.table import PartTable
 
 __all__ = [
     "KINDS",
@@ -53,52 +58,6 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class UnknownPartError(LookupError):
-    """No part of that kind has that name.
-
-    Attributes:
-        kind: the kind looked in (None when every kind was searched).
-        name: the name asked for.
-        suggestions: registered names close to it (did-you-mean), best first.
-        available: every registered name of that kind, sorted.
-    """
-
-    def __init__(
-        self,
-        kind: Optional[str],
-        name: str,
-        available: Iterable[str],
-        suggestions: Optional[Iterable[str]] = None,
-    ) -> None:
-        self.kind = kind
-        self.name = name
-        self.available = tuple(sorted(available))
-        self.suggestions = tuple(
-            close_matches(name, self.available) if suggestions is None else suggestions
-        )
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        message = f"unknown {self.kind or 'part'} {self.name!r}"
-        if self.suggestions:
-            message += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
-        else:
-            message += ";"
-        if self.kind is None:
-            return message.rstrip(";")
-        if self.available:
-            return message + " available: " + ", ".join(self.available)
-        return message + f" no {self.kind} parts are registered"
-
-
-class DuplicatePartError(ValueError):
-    """A different factory is already registered under that kind and name."""
-
-    def __init__(self, message: str, *, existing: Part) -> None:
-        super().__init__(message)
-        self.existing = existing
-
-
 class Registry:
     """Parts by kind and name, and the plugins that brought them.
 
@@ -108,7 +67,7 @@ class Registry:
     """
 
     def __init__(self, *, autoload: bool = False) -> None:
-        self._parts: dict[str, dict[str, Part]] = {kind: {} for kind in KINDS}
+        self._table = PartTable(KINDS)
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._plugins: dict[str, PluginInfo] = {}
@@ -150,7 +109,8 @@ class Registry:
             factory: ``factory(ctx, *, arg: type = default, ...)`` for attention, positional,
                 feedforward, norm and block parts; models and tasks take keyword arguments
                 (``ctx`` first is optional for them).
-            replace: override an existing part of that name on purpose.
+            replace: override an existing part of that name on purpose. The part it overrides
+                comes back when the plugin that overrode it fails or is unregistered.
             source: who provides the part, for messages. Default: the plugin whose hook is
                 running, else the factory's module.
             capabilities: ``supports_*`` / ``uses_*`` flags, merged over those read from the
@@ -178,7 +138,7 @@ class Registry:
             args=info.args,
             plugin=plugin,
         )
-        existing = self._parts[kind].get(name)
+        existing = self._table.top(kind, name)
         if existing is not None and not replace:
             if existing.factory is factory:
                 return existing
@@ -190,35 +150,33 @@ class Registry:
                     "another name, or pass replace=True to override it on purpose",
                     existing=existing,
                 )
-        self._parts[kind][name] = part
+        self._table.push(part)
         return part
 
     def get(self, kind: str, name: str) -> Part:
         """The part ``kind:name``; :class:`UnknownPartError` (with suggestions) if none."""
         self._ensure_loaded()
-        parts = self._parts[self._check_kind(kind)]
-        try:
-            return parts[name]
-        except (KeyError, TypeError):
-            raise UnknownPartError(kind, str(name), parts) from None
+        part = self._table.top(self._check_kind(kind), name)
+        if part is None:
+            raise UnknownPartError(kind, str(name), self._table.names(kind))
+        return part
 
     def list(self, kind: Optional[str] = None, pattern: Optional[str] = None) -> list[Part]:
         """Registered parts sorted by (kind, name), of one kind or all, whose name matches the
         case-insensitive wildcard ``pattern`` (``"*bra*"``, ``"rms?norm"``) if given."""
         self._ensure_loaded()
         kinds = KINDS if kind is None else (self._check_kind(kind),)
-        found = [
+        return [
             part
             for k in kinds
-            for name, part in sorted(self._parts[k].items())
-            if pattern is None or fnmatch.fnmatchcase(name.lower(), pattern.lower())
+            for part in self._table.visible(k)
+            if pattern is None or fnmatch.fnmatchcase(part.name.lower(), pattern.lower())
         ]
-        return found
 
     def names(self, kind: str) -> list[str]:
         """The sorted names registered under ``kind``."""
         self._ensure_loaded()
-        return sorted(self._parts[self._check_kind(kind)])
+        return self._table.names(self._check_kind(kind))
 
     def describe(self, kind: str, name: str) -> PartDescription:
         """Summary, documentation, arguments (types, defaults, docs), capabilities and source
@@ -240,12 +198,11 @@ class Registry:
             return False
         self._ensure_loaded()
         kind, name = key
-        return kind in self._parts and name in self._parts[kind]
+        return self._table.has_kind(kind) and self._table.top(kind, name) is not None
 
     def __repr__(self) -> str:
-        count = sum(len(parts) for parts in self._parts.values())
         return (
-            f"<Registry: {count} parts from {len(self._plugins)} plugins, "
+            f"<Registry: {len(self._table)} parts from {len(self._plugins)} plugins, "
             f"{len(self._failures)} failures>"
         )
 
@@ -274,8 +231,8 @@ class Registry:
     ) -> None:
         """Load the built-in plugins, then every ``plugformer`` entry point, one by one.
 
-        A plugin that fails to import or register is recorded in :attr:`failures` (any parts
-        it added are removed) and the others keep loading. Loading happens once per registry;
+        A plugin that fails to import or register is recorded in :attr:`failures` (its parts
+        are removed, the parts it replaced come back) and the others keep loading. Loading happens once per registry;
         later calls do nothing.
 
         Args:
@@ -303,7 +260,7 @@ class Registry:
         """Register a plugin module or object by hand and run its hook; return its name.
 
         For tests and notebooks. Errors propagate (nothing is recorded), and a plugin whose
-        hook fails leaves no part behind.
+        hook fails leaves the registry as it was.
         """
         self._ensure_loaded()
         name = name or self._pm.get_canonical_name(plugin)
@@ -313,13 +270,14 @@ class Registry:
         return name
 
     def unregister_plugin(self, name: str) -> None:
-        """Remove a plugin and every part it added."""
+        """Remove a plugin, every part it added and its hooks (its CLI commands); the parts it
+        replaced come back, unless a plugin registered later replaced them in turn."""
         self._ensure_loaded()
         if name not in self._plugins:
             known = ", ".join(self._plugins) or "none"
             raise ValueError(f"no plugin named {name!r} is registered; registered: {known}")
         self._pm.unregister(name=name)
-        self._drop_parts_of(name)
+        self._table.remove_plugin(name)
         del self._plugins[name]
 
     @property
@@ -375,17 +333,12 @@ class Registry:
                 self._current_plugin = previous
         except BaseException:
             self._pm.unregister(plugin)
-            self._drop_parts_of(name)
+            self._table.remove_plugin(name)
             raise
         self._plugins[name] = info
 
-    def _drop_parts_of(self, plugin: str) -> None:
-        for parts in self._parts.values():
-            for part_name in [n for n, part in parts.items() if part.plugin == plugin]:
-                del parts[part_name]
-
     def _check_kind(self, kind: str) -> str:
-        if kind not in self._parts:
+        if not self._table.has_kind(kind):
             suggestions = close_matches(str(kind), KINDS)
             hint = f"; did you mean {suggestions[0]!r}?" if suggestions else ""
             raise ValueError(f"unknown kind {kind!r}{hint} (kinds: {', '.join(KINDS)})")
