@@ -126,11 +126,21 @@ class BiLevelRoutingAttention(AttentionKernel):
         to attend gets zeros.
         """
         b, h, lq, _ = q.shape
-        geometry = self.geometry(q, k, causal=causal)
-        key_valid, general = split_mask(mask, b, h, lq, geometry.lk)
+        key_valid, general = split_mask(mask, b, h, lq, k.shape[2])
         context = None
         if self.lce is not None:
             context = self.lce(v, heads=h, lq=lq, causal=causal, key_valid=key_valid)
+        shift = None if general is not None else region_shift(key_valid, self.region)
+        if shift is not None:
+            out = self._attend_aligned(q, k, v, shift, key_valid, causal=causal, score_bias=score_bias)
+        else:
+            out = self._attend(q, k, v, key_valid, general, causal=causal, score_bias=score_bias)
+        return out if context is None else out + context
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], general: Optional[Tensor],
+                *, causal: bool, score_bias: Optional[ScoreBias]) -> Tensor:
+        """Route and attend with regions cut from index 0: (B, H, Lq, Dh)."""
+        geometry = self.geometry(q, k, causal=causal)
         routes = self._route(q, k, geometry, key_valid)
         dropout = self.dropout if self.training else 0.0
         if self._use_flex(q, dropout):
@@ -138,9 +148,31 @@ class BiLevelRoutingAttention(AttentionKernel):
         else:
             attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
             options = {"dropout": dropout}
-        out = attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
-                     score_bias=score_bias, **options)
-        return out if context is None else out + context
+        return attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
+                      score_bias=score_bias, **options)
+
+    def _attend_aligned(self, q: Tensor, k: Tensor, v: Tensor, shift: Tensor, key_valid: Tensor, *,
+                        causal: bool, score_bias: Optional[ScoreBias]) -> Tensor:
+        """Attend with regions cut by token position: each row rolled left by ``shift`` (its
+        leading pads modulo the region), so that a region starts at every multiple of ``region``
+        real tokens, exactly as for the same tokens alone; the wrapped indices are pads.
+
+        Self-attention rolls the queries with the keys (queries fewer than keys, a cached
+        decoding step, are first set at their key positions, with zeros in front), which keeps
+        every query-key distance of real tokens and the bottom-right causal alignment.
+        Cross-attention rolls the keys only. (B, H, Lq, Dh) out.
+        """
+        lq, lk = q.shape[2], k.shape[2]
+        k, v, key_valid = roll_rows(k, shift, 2), roll_rows(v, shift, 2), roll_rows(key_valid, shift, 1)
+        if self.cross or lq > lk:
+            return self._attend(q, k, v, key_valid, None, causal=causal, score_bias=score_bias)
+        front = lk - lq
+        if front:
+            q = torch.cat([q.new_zeros(*q.shape[:2], front, q.shape[3]), q], dim=2)  # (B, H, Lk, Dh)
+            if score_bias is not None:
+                score_bias = _queries_from(score_bias, front)
+        out = self._attend(roll_rows(q, shift, 2), k, v, key_valid, None, causal=causal, score_bias=score_bias)
+        return roll_rows(out, -shift, 2)[:, :, front:]
 
     def geometry(self, q: Tensor, k: Tensor, *, causal: bool = False) -> Geometry:
         """The lengths, region, routing kind and causality of attending ``q`` to ``k``."""
@@ -155,11 +187,20 @@ class BiLevelRoutingAttention(AttentionKernel):
         """The key regions :meth:`forward` would attend for these queries and keys.
 
         Args: as :meth:`forward`. Returns: region indices, -1 in empty slots, (B, nq, S) for
-        region routing and (B, Lq, S) for token routing (``self.geometry(q, k).token``).
+        region routing and (B, Lq, S) for token routing (``self.geometry(q, k).token``). With a
+        key-padding mask whose rows start with pads, region j of row b holds the keys at indices
+        ``shift[b] + j * region`` onwards, ``shift = region_shift(key_valid, region)``, so that
+        regions are cut by token position; self-attention rows are rolled left by ``shift`` before
+        routing, queries as well (see :meth:`_attend_aligned`).
         """
-        geometry = self.geometry(q, k, causal=causal)
-        key_valid, _ = split_mask(mask, q.shape[0], q.shape[1], geometry.lq, geometry.lk)
-        return self._route(q, k, geometry, key_valid)
+        lq, lk = q.shape[2], k.shape[2]
+        key_valid, general = split_mask(mask, q.shape[0], q.shape[1], lq, lk)
+        shift = None if general is not None else region_shift(key_valid, self.region)
+        if shift is not None:
+            k, key_valid = roll_rows(k, shift, 2), roll_rows(key_valid, shift, 1)
+            if not self.cross and lq == lk:
+                q = roll_rows(q, shift, 2)
+        return self._route(q, k, self.geometry(q, k, causal=causal), key_valid)
 
     def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor]) -> Tensor:
         self_region = not geometry.token and not self.cross and geometry.lq == geometry.lk
@@ -184,6 +225,35 @@ class BiLevelRoutingAttention(AttentionKernel):
                 )
             return True
         return q.device.type == "cuda" and dropout == 0 and flex_available()
+
+
+def region_shift(key_valid: Optional[Tensor], region: int) -> Optional[Tensor]:
+    """How far each row's regions start from index 0 so that they are cut by token position:
+    (B,) long, the row's leading padded keys modulo ``region`` (0 for a row without real keys),
+    or None when every row starts at 0. key_valid: (B, Lk), True = a real key."""
+    if key_valid is None:
+        return None
+    lead = torch.where(key_valid.any(1), key_valid.int().argmax(1), 0)  # (B,) first real key
+    shift = lead % region
+    return shift if bool(shift.any()) else None
+
+
+def roll_rows(x: Tensor, shift: Tensor, dim: int) -> Tensor:
+    """Row b of ``x`` (batch first) rolled left by ``shift[b]`` along ``dim``: out[b, i] =
+    x[b, (i + shift[b]) % L]. A negative shift rolls right."""
+    length = x.shape[dim]
+    index = (torch.arange(length, device=x.device)[None, :] + shift[:, None]) % length  # (B, L)
+    index = index.view(index.shape[0], *([1] * (dim - 1)), length, *([1] * (x.dim() - dim - 1)))
+    return x.gather(dim, index.expand(*x.shape[:dim], length, *x.shape[dim + 1:]))
+
+
+def _queries_from(score_bias: ScoreBias, front: int) -> ScoreBias:
+    """A score bias over queries set ``front`` places later than the ones it was bound to."""
+
+    def shifted(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        return score_bias(q_idx - front, k_idx)
+
+    return shifted
 
 
 def split_mask(
