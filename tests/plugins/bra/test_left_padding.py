@@ -1,6 +1,6 @@
 """A left-padded batch through ``bra`` in a causal LM, on both CPU paths: the prefill logits
 and every cached decoding step of each row equal those of the row alone, with a positional
-score bias (ALiBi) whose distances must survive the alignment of regions to token positions."""
+score bias (ALiBi, T5's buckets) whose distances must survive the alignment of regions to token positions."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_left_padded_prompts_decode_as_each_prompt_alone(pe, dense_up_to):
         torch.testing.assert_close(padded, steps, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pe", ["alibi", "rope"])
+@pytest.mark.parametrize("pe", ["alibi", "t5_bias", "rope"])
 @torch.no_grad()
 def test_cached_steps_of_a_left_padded_batch_give_the_logits_of_each_row_alone(pe, dense_up_to):
     """Prefill then five one-token steps with KV caches (queries fewer than keys)."""
