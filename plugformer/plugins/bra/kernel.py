@@ -24,7 +24,7 @@ from plugformer.plugins.bra.cpu import masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
 from plugformer.plugins.bra.local_context import LocalContext
-from plugformer.plugins.bra.routing import Geometry, Routing, resolve_routing, route
+from plugformer.plugins.bra.routing import Geometry, Routing, region_shift, resolve_routing, roll_rows, route
 
 Backend = Literal["auto", "torch", "flex"]
 BACKENDS = ("auto", "torch", "flex")
@@ -225,26 +225,6 @@ class BiLevelRoutingAttention(AttentionKernel):
                 )
             return True
         return q.device.type == "cuda" and dropout == 0 and flex_available()
-
-
-def region_shift(key_valid: Optional[Tensor], region: int) -> Optional[Tensor]:
-    """How far each row's regions start from index 0 so that they are cut by token position:
-    (B,) long, the row's leading padded keys modulo ``region`` (0 for a row without real keys),
-    or None when every row starts at 0. key_valid: (B, Lk), True = a real key."""
-    if key_valid is None:
-        return None
-    lead = torch.where(key_valid.any(1), key_valid.int().argmax(1), 0)  # (B,) first real key
-    shift = lead % region
-    return shift if bool(shift.any()) else None
-
-
-def roll_rows(x: Tensor, shift: Tensor, dim: int) -> Tensor:
-    """Row b of ``x`` (batch first) rolled left by ``shift[b]`` along ``dim``: out[b, i] =
-    x[b, (i + shift[b]) % L]. A negative shift rolls right."""
-    length = x.shape[dim]
-    index = (torch.arange(length, device=x.device)[None, :] + shift[:, None]) % length  # (B, L)
-    index = index.view(index.shape[0], *([1] * (dim - 1)), length, *([1] * (x.dim() - dim - 1)))
-    return x.gather(dim, index.expand(*x.shape[:dim], length, *x.shape[dim + 1:]))
 
 
 def _queries_from(score_bias: ScoreBias, front: int) -> ScoreBias:
