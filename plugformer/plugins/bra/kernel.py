@@ -43,7 +43,9 @@ class BiLevelRoutingAttention(AttentionKernel):
     attended cells), KV-cache decoding (Lq < Lk, causal) and cross-attention (Lq != Lk) work.
 
     Equals exact softmax attention when ``topk`` covers every region and ``lce=0``, and dense
-    attention under the mask its routing implies for any ``topk``.
+    attention under the mask its routing implies for any ``topk``. Regions are cut by token
+    position: a row of a key-padding mask that starts with pads routes and attends exactly as
+    its tokens alone (``tests/test_padding.py``, ``tests/plugins/bra/test_left_padding.py``).
 
     The arguments are checked by the factory :func:`plugformer.plugins.bra.bra`, which builds
     this kernel from a spec; built by hand, it trusts them.
@@ -160,7 +162,8 @@ class BiLevelRoutingAttention(AttentionKernel):
         Self-attention rolls the queries with the keys (queries fewer than keys, a cached
         decoding step, are first set at their key positions, with zeros in front), which keeps
         every query-key distance of real tokens and the bottom-right causal alignment.
-        Cross-attention rolls the keys only. (B, H, Lq, Dh) out.
+        Cross-attention rolls the keys only. (B, H, Lq, Dh) out. A cached step of a left-padded
+        batch therefore computes Lk query rows instead of Lq (the extra ones are discarded).
         """
         lq, lk = q.shape[2], k.shape[2]
         k, v, key_valid = roll_rows(k, shift, 2), roll_rows(v, shift, 2), roll_rows(key_valid, shift, 1)
