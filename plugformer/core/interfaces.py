@@ -97,7 +97,15 @@ class PositionalEncoding(nn.Module):
 
 
 class FeedForward(nn.Module, ABC):
-    """Position-wise network: (B, L, D) -> (B, L, D)."""
+    """Position-wise network: (B, L, D) -> (B, L, D).
+
+    ``uses_token_mask`` declares that ``forward(x, *, token_mask=None)`` takes which tokens are
+    real, (B, L) bool, True = a real token (None = all real): a part that aggregates over tokens
+    (routing statistics, expert capacity, auxiliary losses) must leave padding out. The blocks
+    pass it only to parts that declare it, so ``forward(x)`` stays the whole contract for the rest.
+    """
+
+    uses_token_mask: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
@@ -114,7 +122,12 @@ class Block(nn.Module, ABC):
     """One transformer layer: self-attention, optional cross-attention, feed-forward, wired by
     norms and residuals. Submodules are named ``self_attn``, ``cross_attn`` (``None`` in encoder
     and decoder-only blocks), ``ffn`` and the norms the block's wiring needs.
+
+    ``uses_token_mask`` declares that ``forward`` also takes ``token_mask`` (B, L) bool, True = a
+    real token, to hand on to a feed-forward part that uses it; the stacks pass it only then.
     """
+
+    uses_token_mask: ClassVar[bool] = False
 
     @abstractmethod
     def forward(

@@ -52,8 +52,9 @@ class Encoder(_Stack):
         """x: (B, L, D) embedded input; mask: boolean True = may attend, broadcastable to
         (B, H, L, L). Returns (B, L, D)."""
         x, positions = self._embed(x, 0)
+        tokens = real_tokens(mask, x.shape[0], x.shape[1])
         for layer in self.layers:
-            x = layer(x, self_mask=mask, causal=causal, positions=positions)
+            x = layer(x, self_mask=mask, causal=causal, positions=positions, **_token_mask_for(layer, tokens))
         return self.norm(x)
 
 
@@ -92,6 +93,7 @@ class Decoder(_Stack):
         """
         offset = len(caches[0].self_attn) if caches else 0
         x, positions = self._embed(x, offset, left_padding)
+        tokens = real_tokens(self_mask, x.shape[0], x.shape[1])
         for i, layer in enumerate(self.layers):
             x = layer(
                 x,
@@ -101,6 +103,7 @@ class Decoder(_Stack):
                 causal=causal,
                 positions=positions,
                 cache=caches[i] if caches else None,
+                **_token_mask_for(layer, tokens),
             )
         return self.norm(x)
 
@@ -158,6 +161,21 @@ class Seq2SeqStack(nn.Module):
             ),
             causal=causal,
         )
+
+
+def real_tokens(self_mask: Optional[Tensor], batch: int, length: int) -> Optional[Tensor]:
+    """Which of the last ``length`` tokens are real, (B, L) bool, True = real, from a self-attention
+    attend-mask broadcastable to (B, H, L, L_total): a key that no query may attend is padding.
+    None without a mask."""
+    if self_mask is None:
+        return None
+    attended = self_mask.reshape((1,) * (4 - self_mask.dim()) + tuple(self_mask.shape))
+    attended = attended.any(2).any(1)  # (B or 1, L_total)
+    return attended[:, -length:].expand(batch, length)
+
+
+def _token_mask_for(layer: nn.Module, tokens: Optional[Tensor]) -> dict:
+    return {"token_mask": tokens} if getattr(layer, "uses_token_mask", False) else {}
 
 
 def _is_causal(attend: Tensor) -> bool:

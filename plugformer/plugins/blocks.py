@@ -22,7 +22,8 @@ so the FFN still reads the same Norm(x) as self-attention and can run alongside 
 which keeps the residual stream from growing with depth.
 
 Every block here is a :class:`WiredBlock`: its ``forward`` binds the sublayers to the call's
-masks, positions and cache, and the subclass's ``wire`` says only where norms and residuals sit.
+masks, positions, cache and real tokens, and the subclass's ``wire`` says only where norms and
+residuals sit.
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ Sublayer = Callable[[Tensor], Tensor]
 
 
 class WiredBlock(Block):
-    """A block whose subclasses only wire sublayers: ``wire(x, attend, cross)`` gets the
-    self-attention ``attend(h)`` and the cross-attention ``cross(h)`` (None without memory),
-    each with this call's masks, positions and cache and with residual dropout applied, and
-    :meth:`feed_forward`. Subclasses set ``self_attn``, ``cross_attn``, ``ffn``, ``dropout``.
+    """A block whose subclasses only wire sublayers: ``wire(x, attend, cross, feed_forward)``
+    gets the self-attention ``attend(h)``, the cross-attention ``cross(h)`` (None without
+    memory) and the feed-forward ``feed_forward(h)``, each with this call's masks, positions,
+    cache and real tokens and with residual dropout applied. Subclasses set ``self_attn``,
+    ``cross_attn``, ``ffn``, ``dropout``.
     """
+
+    uses_token_mask = True
 
     def forward(
         self,
@@ -56,8 +60,10 @@ class WiredBlock(Block):
         causal: bool = False,
         positions: Optional[Positions] = None,
         cache: Optional[LayerCache] = None,
+        token_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        """x: (B, L, D), memory: (B, S, D) or None -> (B, L, D)."""
+        """x: (B, L, D), memory: (B, S, D) or None -> (B, L, D); token_mask (B, L) bool, True = a
+        real token, reaches a feed-forward part that declares ``uses_token_mask``."""
         def attend(h: Tensor) -> Tensor:
             layer_cache = cache.self_attn if cache is not None else None
             out = self.self_attn(h, mask=self_mask, causal=causal, positions=positions, cache=layer_cache)
@@ -67,15 +73,20 @@ class WiredBlock(Block):
             layer_cache = cache.cross_attn if cache is not None else None
             return self.dropout(self.cross_attn(h, memory, mask=memory_mask, cache=layer_cache))
 
-        return self.wire(x, attend, cross if self._check_memory(memory) else None)
+        def feed_forward(h: Tensor) -> Tensor:
+            return self.feed_forward(h, token_mask=token_mask)
 
-    def feed_forward(self, h: Tensor) -> Tensor:
-        """The feed-forward sublayer with residual dropout: (B, L, D) -> (B, L, D)."""
+        return self.wire(x, attend, cross if self._check_memory(memory) else None, feed_forward)
+
+    def feed_forward(self, h: Tensor, *, token_mask: Optional[Tensor] = None) -> Tensor:
+        """The feed-forward sublayer with residual dropout: (B, L, D) -> (B, L, D); ``token_mask``
+        goes to an ``ffn`` that declares ``uses_token_mask``."""
+        if token_mask is not None and getattr(self.ffn, "uses_token_mask", False):
+            return self.dropout(self.ffn(h, token_mask=token_mask))
         return self.dropout(self.ffn(h))
 
-    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer]) -> Tensor:
-        """x: (B, L, D) -> (B, L, D), from the sublayers ``attend``, ``cross`` and
-        :meth:`feed_forward`."""
+    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer], feed_forward: Sublayer) -> Tensor:
+        """x: (B, L, D) -> (B, L, D), from the sublayers ``attend``, ``cross`` and ``feed_forward``."""
         raise NotImplementedError
 
 
@@ -101,21 +112,21 @@ class ResidualBlock(WiredBlock):
 class PostLNBlock(ResidualBlock):
     """y = Norm(x + Sublayer(x)) for each sublayer, as in Vaswani et al. and ``nn.Transformer``."""
 
-    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer]) -> Tensor:
+    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer], feed_forward: Sublayer) -> Tensor:
         x = self.self_attn_norm(x + attend(x))
         if cross is not None:
             x = self.cross_attn_norm(x + cross(x))
-        return self.ffn_norm(x + self.feed_forward(x))
+        return self.ffn_norm(x + feed_forward(x))
 
 
 class PreLNBlock(ResidualBlock):
     """y = x + Sublayer(Norm(x)) for each sublayer (``nn.Transformer(norm_first=True)``)."""
 
-    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer]) -> Tensor:
+    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer], feed_forward: Sublayer) -> Tensor:
         x = x + attend(self.self_attn_norm(x))
         if cross is not None:
             x = x + cross(self.cross_attn_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
+        return x + feed_forward(self.ffn_norm(x))
 
 
 class ParallelBlock(WiredBlock):
@@ -134,12 +145,12 @@ class ParallelBlock(WiredBlock):
         self.cross_attn_norm = parts.norm() if parts.cross_attn is not None else None
         self.dropout = nn.Dropout(parts.dropout)
 
-    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer]) -> Tensor:
+    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer], feed_forward: Sublayer) -> Tensor:
         h = self.norm(x)
         out = x + attend(h)
         if cross is not None:
             out = out + cross(self.cross_attn_norm(out))
-        return out + self.feed_forward(h)
+        return out + feed_forward(h)
 
 
 class SandwichBlock(ResidualBlock):
@@ -155,11 +166,11 @@ class SandwichBlock(ResidualBlock):
         self.cross_attn_post_norm = parts.norm() if parts.cross_attn is not None else None
         self.ffn_post_norm = parts.norm()
 
-    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer]) -> Tensor:
+    def wire(self, x: Tensor, attend: Sublayer, cross: Optional[Sublayer], feed_forward: Sublayer) -> Tensor:
         x = x + self.self_attn_post_norm(attend(self.self_attn_norm(x)))
         if cross is not None:
             x = x + self.cross_attn_post_norm(cross(self.cross_attn_norm(x)))
-        return x + self.ffn_post_norm(self.feed_forward(self.ffn_norm(x)))
+        return x + self.ffn_post_norm(feed_forward(self.ffn_norm(x)))
 
 
 def post_ln(ctx: BuildContext, parts: BlockParts, /) -> PostLNBlock:

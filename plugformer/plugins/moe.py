@@ -17,10 +17,15 @@ small weight (Switch: 0.01). ``last_tokens_per_expert`` holds how many assignmen
 received, ``last_dropped`` how many were dropped for capacity.
 
 Capacity: with ``capacity_factor`` none (the default) nothing is dropped. With a factor c each
-expert processes at most ceil(c * tokens * top_k / n_experts) assignments; first choices are
-served before second choices (GShard's priority), and within a choice earlier tokens (flattened
-batch-major) first. A dropped assignment contributes zero, so with a residual connection the
+expert processes at most ceil(c * tokens * top_k / n_experts) assignments of each sequence (a
+batch row is its own group, as GShard's groups, so a row's output does not depend on the other
+rows); first choices are served before second choices (GShard's priority), and within a choice
+earlier tokens first. A dropped assignment contributes zero, so with a residual connection the
 token passes through unchanged for that slot.
+
+Padding: given ``token_mask`` (the blocks pass it: ``uses_token_mask``), padded tokens are not
+routed; they take no capacity, count in neither f_i nor P_i, and get a zero output. A padded
+row therefore routes, drops and balances exactly as the same tokens alone.
 """
 
 from __future__ import annotations
@@ -94,38 +99,48 @@ class MixtureOfExperts(FeedForward):
             weights = weights / weights.sum(-1, keepdim=True)
         return probs, chosen, weights
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, L, D) -> (B, L, D); sets ``aux_loss``, ``last_tokens_per_expert``, ``last_dropped``."""
+    uses_token_mask = True
+
+    def forward(self, x: Tensor, *, token_mask: Optional[Tensor] = None) -> Tensor:
+        """x: (B, L, D) -> (B, L, D); token_mask: (B, L) bool, True = a real token (None = all).
+
+        Sets ``aux_loss``, ``last_tokens_per_expert``, ``last_dropped`` over the real tokens.
+        """
+        rows, length = (1, x.shape[0]) if x.dim() == 2 else (x.shape[0], x.shape[-2])
         flat = x.reshape(-1, x.shape[-1])  # (N, D)
-        n_tokens = flat.shape[0]
-        probs, chosen, weights = self.route(flat)
+        real = torch.ones(flat.shape[0], dtype=torch.bool, device=x.device)
+        if token_mask is not None:
+            real = token_mask.reshape(-1).to(x.device)
+        kept = real.nonzero().squeeze(1)  # (n,) real tokens, in order
+        probs, chosen, weights = self.route(flat.index_select(0, kept))
         # Assignments in priority order: all first choices by token, then all second choices.
-        expert_of = chosen.t().reshape(-1)  # (k * N,)
-        token_of = torch.arange(n_tokens, device=x.device).repeat(self.top_k)
+        expert_of = chosen.t().reshape(-1)  # (k * n,)
+        token_of = kept.repeat(self.top_k)
         weight_of = weights.t().reshape(-1).to(x.dtype)
-        order = torch.argsort(expert_of, stable=True)
         counts = torch.bincount(expert_of, minlength=self.n_experts)  # (E,)
         self.aux_loss = self.balance_loss(probs, counts)
         self.last_tokens_per_expert = counts.detach()
-        capacity = self.capacity(n_tokens)
+        row_of = token_of.div(length, rounding_mode="floor")
+        capacity = self.capacity(real.view(rows, length).sum(1))  # (B,)
+        served = _rank_in_group(row_of * self.n_experts + expert_of) < capacity[row_of]  # (k * n,)
         out = torch.zeros_like(flat)
-        start, dropped = 0, 0
-        for expert, count in zip(self.experts, counts.tolist()):
-            taken = order[start : start + min(count, capacity)]
-            start, dropped = start + count, dropped + max(count - capacity, 0)
+        for index, expert in enumerate(self.experts):
+            taken = (served & (expert_of == index)).nonzero().squeeze(1)
             if taken.numel() == 0:
                 continue
             tokens = token_of[taken]
             y = expert(flat.index_select(0, tokens)) * weight_of[taken, None]  # (n_e, D)
             out.index_add_(0, tokens, y)
-        self.last_dropped = torch.tensor(dropped)
+        self.last_dropped = (~served).sum()
         return out.view_as(x)
 
-    def capacity(self, n_tokens: int) -> int:
-        """Most assignments one expert processes for ``n_tokens`` tokens."""
+    def capacity(self, n_tokens: Tensor | int) -> Tensor | int:
+        """Most assignments one expert processes for a sequence of ``n_tokens`` real tokens
+        (an int, or a tensor of counts per row)."""
         if self.capacity_factor is None:
             return n_tokens * self.top_k
-        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+        share = self.capacity_factor * n_tokens * self.top_k / self.n_experts
+        return share.ceil().long() if isinstance(share, Tensor) else math.ceil(share)
 
     def balance_loss(self, probs: Tensor, counts: Tensor) -> Tensor:
         """n_experts * sum_i f_i * P_i from probabilities (N, E) and assignment counts (E,)."""
@@ -138,6 +153,16 @@ class MixtureOfExperts(FeedForward):
             f"n_experts={self.n_experts}, top_k={self.top_k}, "
             f"capacity_factor={self.capacity_factor}, renormalize={self.renormalize}"
         )
+
+
+def _rank_in_group(group: Tensor) -> Tensor:
+    """For each item, how many earlier items share its group: group (n,) long -> (n,) long."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(group.numel(), device=group.device) - first[group[order]]
+    return rank
 
 
 def check_routing(n_experts: int, top_k: int, capacity_factor: Optional[float]) -> None:
@@ -192,7 +217,8 @@ def moe(
         d_ff: hidden width of each expert; none means 4 * d_model for relu/gelu and 8/3 * d_model
             rounded up to a multiple of 64 for swiglu.
         capacity_factor: none drops nothing; c caps each expert at ceil(c * tokens * top_k /
-            n_experts) assignments, first choices served first, then earlier tokens.
+            n_experts) assignments of each sequence (its real tokens), first choices served
+            first, then earlier tokens.
         renormalize: weight the chosen experts by probabilities renormalised over the top-k
             (Mixtral); false uses the raw softmax probabilities (Switch).
         bias: biases in the experts' projections.

@@ -24,7 +24,7 @@ from plugformer.plugins.bra.cpu import masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
 from plugformer.plugins.bra.local_context import LocalContext
-from plugformer.plugins.bra.routing import Geometry, Routing, resolve_routing, route
+from plugformer.plugins.bra.routing import Geometry, Routing, region_shift, resolve_routing, roll_rows, route
 
 Backend = Literal["auto", "torch", "flex"]
 BACKENDS = ("auto", "torch", "flex")
@@ -43,7 +43,9 @@ class BiLevelRoutingAttention(AttentionKernel):
     attended cells), KV-cache decoding (Lq < Lk, causal) and cross-attention (Lq != Lk) work.
 
     Equals exact softmax attention when ``topk`` covers every region and ``lce=0``, and dense
-    attention under the mask its routing implies for any ``topk``.
+    attention under the mask its routing implies for any ``topk``. Regions are cut by token
+    position: a row of a key-padding mask that starts with pads routes and attends exactly as
+    its tokens alone (``tests/test_padding.py``, ``tests/plugins/bra/test_left_padding.py``).
 
     The arguments are checked by the factory :func:`plugformer.plugins.bra.bra`, which builds
     this kernel from a spec; built by hand, it trusts them.
@@ -126,11 +128,21 @@ class BiLevelRoutingAttention(AttentionKernel):
         to attend gets zeros.
         """
         b, h, lq, _ = q.shape
-        geometry = self.geometry(q, k, causal=causal)
-        key_valid, general = split_mask(mask, b, h, lq, geometry.lk)
+        key_valid, general = split_mask(mask, b, h, lq, k.shape[2])
         context = None
         if self.lce is not None:
             context = self.lce(v, heads=h, lq=lq, causal=causal, key_valid=key_valid)
+        shift = None if general is not None else region_shift(key_valid, self.region)
+        if shift is not None:
+            out = self._attend_aligned(q, k, v, shift, key_valid, causal=causal, score_bias=score_bias)
+        else:
+            out = self._attend(q, k, v, key_valid, general, causal=causal, score_bias=score_bias)
+        return out if context is None else out + context
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], general: Optional[Tensor],
+                *, causal: bool, score_bias: Optional[ScoreBias]) -> Tensor:
+        """Route and attend with regions cut from index 0: (B, H, Lq, Dh)."""
+        geometry = self.geometry(q, k, causal=causal)
         routes = self._route(q, k, geometry, key_valid)
         dropout = self.dropout if self.training else 0.0
         if self._use_flex(q, dropout):
@@ -138,9 +150,32 @@ class BiLevelRoutingAttention(AttentionKernel):
         else:
             attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
             options = {"dropout": dropout}
-        out = attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
-                     score_bias=score_bias, **options)
-        return out if context is None else out + context
+        return attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
+                      score_bias=score_bias, **options)
+
+    def _attend_aligned(self, q: Tensor, k: Tensor, v: Tensor, shift: Tensor, key_valid: Tensor, *,
+                        causal: bool, score_bias: Optional[ScoreBias]) -> Tensor:
+        """Attend with regions cut by token position: each row rolled left by ``shift`` (its
+        leading pads modulo the region), so that a region starts at every multiple of ``region``
+        real tokens, exactly as for the same tokens alone; the wrapped indices are pads.
+
+        Self-attention rolls the queries with the keys (queries fewer than keys, a cached
+        decoding step, are first set at their key positions, with zeros in front), which keeps
+        every query-key distance of real tokens and the bottom-right causal alignment.
+        Cross-attention rolls the keys only. (B, H, Lq, Dh) out. A cached step of a left-padded
+        batch therefore computes Lk query rows instead of Lq (the extra ones are discarded).
+        """
+        lq, lk = q.shape[2], k.shape[2]
+        k, v, key_valid = roll_rows(k, shift, 2), roll_rows(v, shift, 2), roll_rows(key_valid, shift, 1)
+        if self.cross or lq > lk:
+            return self._attend(q, k, v, key_valid, None, causal=causal, score_bias=score_bias)
+        front = lk - lq
+        if front:
+            q = torch.cat([q.new_zeros(*q.shape[:2], front, q.shape[3]), q], dim=2)  # (B, H, Lk, Dh)
+            if score_bias is not None:
+                score_bias = _queries_from(score_bias, front)
+        out = self._attend(roll_rows(q, shift, 2), k, v, key_valid, None, causal=causal, score_bias=score_bias)
+        return roll_rows(out, -shift, 2)[:, :, front:]
 
     def geometry(self, q: Tensor, k: Tensor, *, causal: bool = False) -> Geometry:
         """The lengths, region, routing kind and causality of attending ``q`` to ``k``."""
@@ -155,11 +190,20 @@ class BiLevelRoutingAttention(AttentionKernel):
         """The key regions :meth:`forward` would attend for these queries and keys.
 
         Args: as :meth:`forward`. Returns: region indices, -1 in empty slots, (B, nq, S) for
-        region routing and (B, Lq, S) for token routing (``self.geometry(q, k).token``).
+        region routing and (B, Lq, S) for token routing (``self.geometry(q, k).token``). With a
+        key-padding mask whose rows start with pads, region j of row b holds the keys at indices
+        ``shift[b] + j * region`` onwards, ``shift = region_shift(key_valid, region)``, so that
+        regions are cut by token position; self-attention rows are rolled left by ``shift`` before
+        routing, queries as well (see :meth:`_attend_aligned`).
         """
-        geometry = self.geometry(q, k, causal=causal)
-        key_valid, _ = split_mask(mask, q.shape[0], q.shape[1], geometry.lq, geometry.lk)
-        return self._route(q, k, geometry, key_valid)
+        lq, lk = q.shape[2], k.shape[2]
+        key_valid, general = split_mask(mask, q.shape[0], q.shape[1], lq, lk)
+        shift = None if general is not None else region_shift(key_valid, self.region)
+        if shift is not None:
+            k, key_valid = roll_rows(k, shift, 2), roll_rows(key_valid, shift, 1)
+            if not self.cross and lq == lk:
+                q = roll_rows(q, shift, 2)
+        return self._route(q, k, self.geometry(q, k, causal=causal), key_valid)
 
     def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor]) -> Tensor:
         self_region = not geometry.token and not self.cross and geometry.lq == geometry.lk
@@ -184,6 +228,15 @@ class BiLevelRoutingAttention(AttentionKernel):
                 )
             return True
         return q.device.type == "cuda" and dropout == 0 and flex_available()
+
+
+def _queries_from(score_bias: ScoreBias, front: int) -> ScoreBias:
+    """A score bias over queries set ``front`` places later than the ones it was bound to."""
+
+    def shifted(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        return score_bias(q_idx - front, k_idx)
+
+    return shifted
 
 
 def split_mask(

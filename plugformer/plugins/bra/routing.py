@@ -18,6 +18,12 @@ Two routings, both detached (the choice is not differentiated, as in BiFormer an
   the query may not see enters its choice, so it leaks no future token. Not causal: the ``topk``
   best of all regions.
 
+Regions are cut by token position, not by index in a padded row: :func:`route` cuts from index
+0, so the kernel first rolls each left-padded row left by :func:`region_shift` (its leading pads
+modulo ``region``, :func:`roll_rows`), which puts a region boundary at every multiple of
+``region`` real tokens, as for the same tokens alone; routes of such a row refer to the rolled
+row (:meth:`.kernel.BiLevelRoutingAttention.route` returns them so).
+
 ``route`` returns region indices, -1 marking an empty slot (fewer regions than ``topk`` to
 choose from):
 
@@ -113,6 +119,26 @@ def region_means(x: Tensor, valid: Optional[Tensor], region: int) -> tuple[Tenso
     sums = torch.einsum("bhnrd,bnr->bhnd", blocks, weight)
     counts = weight.sum(-1)
     return sums / counts.clamp_min(1)[:, None, :, None], counts
+
+
+def region_shift(key_valid: Optional[Tensor], region: int) -> Optional[Tensor]:
+    """How far each row's regions start from index 0 so that they are cut by token position:
+    (B,) long, the row's leading padded keys modulo ``region`` (0 for a row without real keys),
+    or None when every row starts at 0. key_valid: (B, Lk), True = a real key."""
+    if key_valid is None:
+        return None
+    lead = torch.where(key_valid.any(1), key_valid.int().argmax(1), 0)  # (B,) first real key
+    shift = lead % region
+    return shift if bool(shift.any()) else None
+
+
+def roll_rows(x: Tensor, shift: Tensor, dim: int) -> Tensor:
+    """Row b of ``x`` (batch first) rolled left by ``shift[b]`` along ``dim``: out[b, i] =
+    x[b, (i + shift[b]) % L]. A negative shift rolls right."""
+    length = x.shape[dim]
+    index = (torch.arange(length, device=x.device)[None, :] + shift[:, None]) % length  # (B, L)
+    index = index.view(index.shape[0], *([1] * (dim - 1)), length, *([1] * (x.dim() - dim - 1)))
+    return x.gather(dim, index.expand(*x.shape[:dim], length, *x.shape[dim + 1:]))
 
 
 def route(
