@@ -81,7 +81,9 @@ def gradients_reach_parameters(s: Subject) -> CheckResult:
     if not params:
         return not_applicable(name, "the kernel has no parameters (the projections around it are checked with the model)")
     q, k, v = qkv()
-    kernel(q, k, v, causal=s.capability("supports_causal")).square().sum().backward()
+    out = kernel(q, k, v, causal=s.capability("supports_causal"))
+    if out.requires_grad:
+        out.square().sum().backward()
     return gradient_result(name, params)
 
 

@@ -98,14 +98,15 @@ def subject(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, tuple[int, ...]]:
     """The largest absolute difference of two same-shaped tensors and where it is."""
     diff = (a.double() - b.double()).abs()
-    diff = torch.nan_to_num(diff, nan=float("inf"))
+    same_nan = a.isnan() & b.isnan()
+    diff = torch.nan_to_num(diff, nan=float("inf")).masked_fill(same_nan, 0.0)
     flat = int(diff.argmax())
     return float(diff.flatten()[flat]), tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
 
 
 def gradient_result(name: str, params: dict[str, nn.Parameter]) -> CheckResult:
     """Passed when every parameter of ``params`` holds a finite gradient that is nonzero somewhere."""
-    missing = [key for key, p in params.items() if p.grad is None]
+    missing = [key for key, p in params.items() if p.grad is None]  # also when nothing required grad
     if missing:
         return failed(name, f"no gradient reaches {', '.join(missing)}")
     zero = [key for key, p in params.items() if not p.grad.abs().any()]
