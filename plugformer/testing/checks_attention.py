@@ -34,12 +34,12 @@ def shapes_dtypes(s: Subject) -> CheckResult:
     name = "shapes_dtypes"
     for dtype in (torch.float32, torch.bfloat16):
         for kv_heads, lq in ((HEADS, 12), (HEADS // 2, 12), (HEADS, 3)):
-            kernel = s.build(kv_heads=kv_heads, dtype=dtype)
+            causal = lq < 12
+            if causal and not (s.capability("supports_cache") and s.causal):
+                continue
+            kernel = s.build(kv_heads=kv_heads, dtype=dtype, causal=causal)
             q, k, v = qkv(kv_heads=kv_heads, dtype=dtype)
             q = q[:, :, -lq:]
-            causal = lq < k.shape[-2]
-            if causal and not (s.capability("supports_cache") and s.capability("supports_causal")):
-                continue
             with torch.no_grad():
                 out = kernel(q, k, v, causal=causal)
             where = f"{dtype}, H={HEADS}, Hkv={kv_heads}, Lq={lq}, Lk={k.shape[-2]}"
@@ -54,13 +54,12 @@ def masked_rows_finite(s: Subject) -> CheckResult:
     name = "masked_rows_finite"
     if not s.capability("supports_mask"):
         return not_applicable(name, "the kernel declares supports_mask=False")
-    kernel = s.build()
     q, k, v = qkv(grad=True)
     mask = torch.ones(2, 1, q.shape[-2], k.shape[-2], dtype=torch.bool)
     mask[0, :, 4] = False  # one query row with no key
     mask[1] = False  # a whole sequence of padding
-    for causal in (False, True) if s.capability("supports_causal") else (False,):
-        out = kernel(q, k, v, mask=mask, causal=causal)
+    for causal in (False, True) if s.causal else (False,):
+        out = s.build(causal=causal)(q, k, v, mask=mask, causal=causal)
         where = f"causal={causal}, mask blocking every key of query 4 in row 0 and all of row 1"
         if not torch.isfinite(out).all():
             return failed(name, f"{where}: {int((~torch.isfinite(out)).sum())} NaN/Inf outputs")
@@ -76,12 +75,12 @@ def masked_rows_finite(s: Subject) -> CheckResult:
 
 def gradients_reach_parameters(s: Subject) -> CheckResult:
     name = "gradients_reach_parameters"
-    kernel = s.build()
+    kernel = s.build(causal=s.causal)
     params = dict(kernel.named_parameters())
     if not params:
         return not_applicable(name, "the kernel has no parameters (the projections around it are checked with the model)")
     q, k, v = qkv()
-    out = kernel(q, k, v, causal=s.capability("supports_causal"))
+    out = kernel(q, k, v, causal=s.causal)
     if out.requires_grad:
         out.square().sum().backward()
     return gradient_result(name, params)
@@ -90,8 +89,8 @@ def gradients_reach_parameters(s: Subject) -> CheckResult:
 def gradcheck(s: Subject) -> CheckResult:
     name = "gradcheck"
     q, k, v = qkv(batch=1, heads=2, kv_heads=2, length=6, head_dim=4, dtype=torch.float64, grad=True)
-    kernel = s.build(dtype=torch.float64, heads=2, d_model=8)
-    for causal in (False, True) if s.capability("supports_causal") else (False,):
+    for causal in (False, True) if s.causal else (False,):
+        kernel = s.build(dtype=torch.float64, heads=2, d_model=8, causal=causal)
         try:
             torch.autograd.gradcheck(lambda *t: kernel(*t, causal=causal), (q, k, v), eps=1e-6, atol=1e-5)
         except Exception as err:  # gradcheck raises GradcheckError with the differing Jacobians
@@ -101,11 +100,11 @@ def gradcheck(s: Subject) -> CheckResult:
 
 def compile_fullgraph(s: Subject) -> CheckResult:
     name = "compile_fullgraph"
-    kernel = s.build()
+    kernel = s.build(causal=s.causal)
     q, k, v = qkv()
     mask = torch.ones(2, 1, 1, k.shape[-2], dtype=torch.bool)
     mask[1, ..., :3] = False
-    causal = s.capability("supports_causal")
+    causal = s.causal
     kwargs = {"mask": mask if s.capability("supports_mask") else None, "causal": causal}
     torch._dynamo.reset()
     compiled = torch.compile(kernel, fullgraph=True, backend="eager")
@@ -127,25 +126,33 @@ def compile_fullgraph(s: Subject) -> CheckResult:
 def capabilities(s: Subject) -> CheckResult:
     """Each declared capability is tried; each undeclared one must be refused at build time."""
     name = "capabilities"
-    tried, kernel = [], s.build()
+    tried, kernel = [], s.build(causal=s.causal)
     q, k, v = qkv()
     length = q.shape[-2]
     eye = torch.eye(length, dtype=torch.bool)
     with torch.no_grad():
         if s.capability("supports_mask"):
-            out = kernel(q, k, v, mask=eye)  # each query attends only its own key
-            diff, where = max_difference(out, v)
+            blocked = torch.tensor([2, 5, 9])
+            columns = torch.ones(length, length, dtype=torch.bool)
+            columns[:, blocked] = False
+            changed_k, changed_v = _perturbed(k, blocked), _perturbed(v, blocked)
+            diff, where = max_difference(kernel(q, changed_k, changed_v, mask=columns), kernel(q, k, v, mask=columns))
             if diff > ATOL:
-                return failed(name, f"supports_mask: with a diagonal mask the output should be v itself; differs by {diff:.3g} at {where}")
+                return failed(name, f"supports_mask: keys 2, 5, 9 are masked for every query, yet changing them moves the output by {diff:.3g} at {where}")
+            if s.causal:  # sparse kernels always reach a query's own key under causal attention
+                diff, where = max_difference(kernel(q, k, v, mask=eye, causal=True), v)
+                if diff > ATOL:
+                    return failed(name, f"supports_mask: with a diagonal mask the output should be v itself; differs by {diff:.3g} at {where}")
             tried.append("mask")
-        if s.capability("supports_causal") and s.capability("supports_mask"):
-            causal = kernel(q, k, v, causal=True)
-            masked = kernel(q, k, v, mask=torch.ones(length, length, dtype=torch.bool).tril())
-            diff, where = max_difference(causal, masked)
+        if s.causal:
+            t = length // 2 - 1
+            future = torch.arange(t, length)
+            diff, where = max_difference(kernel(q, _perturbed(k, future), _perturbed(v, future), causal=True)[:, :, :t],
+                                         kernel(q, k, v, causal=True)[:, :, :t])
             if diff > ATOL:
-                return failed(name, f"supports_causal: causal=True differs from a lower-triangular mask by {diff:.3g} at {where}")
+                return failed(name, f"supports_causal: changing keys/values {t}..{length - 1} moves causal outputs before {t} by {diff:.3g} at {where}")
             tried.append("causal")
-        if s.capability("supports_cache"):
+        if s.capability("supports_cache") and s.causal:
             full = kernel(q, k, v, causal=True)
             for lq in (3, 7):
                 tail = kernel(q[:, :, -lq:], k, v, causal=True)
@@ -154,13 +161,9 @@ def capabilities(s: Subject) -> CheckResult:
                     return failed(name, f"supports_cache: the last {lq} queries against all {length} keys differ from the full pass by {diff:.3g} at {where}")
             tried.append("cache")
         if s.capability("supports_bias"):
-            def one_hot(q_idx: Tensor, k_idx: Tensor) -> Tensor:
-                near = torch.where(q_idx == k_idx, 0.0, -60.0)  # exp(-60) ~ 1e-26: only the own key counts
-                return near.expand(HEADS, *near.shape)
-            out = kernel(q, k, v, score_bias=one_hot)
-            diff, where = max_difference(out, v)
-            if diff > 1e-4:
-                return failed(name, f"supports_bias: a score bias of 0 on the own key and -60 elsewhere should give v itself; differs by {diff:.3g} at {where}")
+            failure = _score_bias_failure(kernel, q, k, v, s.causal)
+            if failure:
+                return failed(name, f"supports_bias: {failure}")
             tried.append("score_bias")
     refused = []
     for flag, context in (("supports_causal", {"causal": True}), ("supports_bias", {"score_bias": True})):
@@ -172,7 +175,10 @@ def capabilities(s: Subject) -> CheckResult:
             refused.append(flag.removeprefix("supports_"))
             continue
         return failed(name, f"declares {flag}=False but building it with {context} was not refused")
-    return passed(name, "tried: " + (", ".join(tried) or "nothing") + ("; refused at build: " + ", ".join(refused) if refused else ""))
+    note = "; refused at build: " + ", ".join(refused) if refused else ""
+    if s.capability("supports_causal") and not s.causal:
+        note += f"; causal and cache not tried: {s.causal_refusal()}"
+    return passed(name, "tried: " + (", ".join(tried) or "nothing") + note)
 
 
 def kernel_padding_invariance(s: Subject) -> Optional[CheckResult]:
@@ -198,6 +204,41 @@ def kernel_padding_invariance(s: Subject) -> Optional[CheckResult]:
             if diff > ATOL:
                 return failed(name, f"kernel, bidirectional, {pad} {side} pads (masked): real queries differ from the row alone by {diff:.3g} at {where}")
     return None
+
+
+def _score_bias_failure(kernel, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Optional[str]:
+    """Causal: a bias of 0 on the own key and -60 elsewhere gives v itself (every kernel reaches the
+    own key). Bidirectional, where sparse routing may skip the own key: a bias changes the output,
+    a constant bias does not."""
+    def one_hot(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        near = torch.where(q_idx == k_idx, 0.0, -60.0)  # exp(-60) ~ 1e-26: only the own key counts
+        return near.expand(HEADS, *near.shape)
+
+    def constant(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        return torch.full((HEADS, *torch.broadcast_shapes(q_idx.shape, k_idx.shape)), 3.0)
+
+    def distance(q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        return -(q_idx - k_idx).abs().float().expand(HEADS, *torch.broadcast_shapes(q_idx.shape, k_idx.shape))
+
+    if causal:
+        diff, where = max_difference(kernel(q, k, v, score_bias=one_hot, causal=True), v)
+        if diff > 1e-4:
+            return f"a causal score bias of 0 on the own key and -60 elsewhere should give v itself; differs by {diff:.3g} at {where}"
+        return None
+    plain = kernel(q, k, v)
+    diff, where = max_difference(kernel(q, k, v, score_bias=constant), plain)
+    if diff > ATOL:
+        return f"a constant score bias of 3 should change nothing (softmax is shift-invariant); moves the output by {diff:.3g} at {where}"
+    if max_difference(kernel(q, k, v, score_bias=distance), plain)[0] <= ATOL:
+        return "a score bias of -|i - j| leaves the output unchanged: the bias is ignored"
+    return None
+
+
+def _perturbed(t: Tensor, positions: Tensor) -> Tensor:
+    """``t`` (B, H, L, Dh) with the rows at ``positions`` replaced by large other values."""
+    out = t.clone()
+    out[:, :, positions] = 5 * torch.randn(*t.shape[:2], len(positions), t.shape[-1])
+    return out
 
 
 def _pad(t: Tensor, n: int, side: str) -> Tensor:

@@ -28,9 +28,17 @@ def ids(batch: int = 2, length: int = LENGTH, seed: int = 0) -> Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def unfit(s: Subject, name: str) -> Optional[CheckResult]:
+    """not_applicable when the part cannot sit in the kit's causal LM (a spec that refuses causal)."""
+    refusal = s.causal_refusal()
+    return None if refusal is None else not_applicable(name, f"checked in a causal LM, which this spec refuses: {refusal}")
+
+
 def causality(s: Subject) -> CheckResult:
     """Changing the tokens from position t on, for every t, leaves the logits before t unchanged."""
     name = "causality"
+    if unfit(s, name):
+        return unfit(s, name)
     if s.kind == "attention" and not s.capability("supports_causal"):
         return not_applicable(name, "the kernel declares supports_causal=False")
     model, x = s.model(), ids()
@@ -49,6 +57,8 @@ def causality(s: Subject) -> CheckResult:
 def cached_decoding(s: Subject) -> CheckResult:
     """Prefill 5 tokens, then decode one token a step with KV caches: equal to one full pass."""
     name = "cached_decoding"
+    if unfit(s, name):
+        return unfit(s, name)
     if s.kind == "attention" and not s.capability("supports_cache"):
         return not_applicable(name, "the kernel declares supports_cache=False")
     model, x, prefill = s.model(), ids(), 5
@@ -73,6 +83,9 @@ def padding_invariance(s: Subject) -> CheckResult:
         kernel_result = checks_attention.kernel_padding_invariance(s)
         if kernel_result is not None:
             return kernel_result
+    if unfit(s, name):
+        return passed(name, "kernel: bidirectional left/right key padding (the causal LM does not apply: "
+                      + s.causal_refusal() + ")")
     model, pad = s.model(), 6
     long, short, filler = ids(1, LENGTH, seed=1), ids(1, LENGTH - pad, seed=2), ids(1, pad, seed=3)
     with torch.no_grad():
@@ -98,6 +111,8 @@ def kernel_swap(s: Subject) -> CheckResult:
     """A model with this kernel and one with ``dense`` load each other's state dicts (keys under
     ``kernel.`` excepted)."""
     name = "kernel_swap"
+    if unfit(s, name):
+        return unfit(s, name)
     if s.kind != "attention":
         return not_applicable(name, "only attention kernels swap under fixed projection names")
     mine, dense = s.model(), s.model(attn="dense")
@@ -127,6 +142,8 @@ def state_dict_roundtrip(s: Subject) -> CheckResult:
     from plugformer.io import load, save
 
     name = "state_dict_roundtrip"
+    if unfit(s, name):
+        return unfit(s, name)
     model, other, x = s.model(seed=0), s.model(seed=1), ids()
     other.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -146,6 +163,8 @@ def state_dict_roundtrip(s: Subject) -> CheckResult:
 
 def determinism(s: Subject) -> CheckResult:
     name = "determinism"
+    if unfit(s, name):
+        return unfit(s, name)
     first, second, x = s.model(seed=0), s.model(seed=0), ids()
     for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         if not torch.equal(a, b):
@@ -164,6 +183,8 @@ def flops(s: Subject) -> CheckResult:
     from plugformer.compare.flops import count_flops
 
     name = "flops"
+    if unfit(s, name):
+        return unfit(s, name)
     model, x = s.model(), ids()
     reported = count_flops(model, lambda m: m(x))
     with MatmulCounter() as counter, torch.no_grad():

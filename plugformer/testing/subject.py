@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from plugformer.registry.builder import PART_KINDS, build, build_part
+from plugformer.registry.errors import SpecError
 from plugformer.registry.registry import Registry, default_registry
 from plugformer.registry.spec import Spec, parse
 from plugformer.testing.result import CheckResult, failed, passed
@@ -63,6 +64,22 @@ class Subject:
         """A causal LM (``gpt_tiny``) built around the part, eval mode, weights from ``seed``."""
         torch.manual_seed(seed)
         return build(self.model_spec(**model_args), registry=self.registry, dtype=dtype).eval()
+
+    def causal_refusal(self) -> Optional[str]:
+        """Why this spec cannot be built for causal attention (``bra(routing='region')``), or None."""
+        if self.kind != "attention":
+            return None
+        try:
+            build_part(self.kind, self.spec, registry=self.registry, d_model=D_MODEL, heads=HEADS,
+                       causal=True, device="meta")
+        except SpecError as err:
+            return str(err).splitlines()[0]
+        return None
+
+    @property
+    def causal(self) -> bool:
+        """Whether the part declares ``supports_causal`` and this spec of it builds causal."""
+        return self.capability("supports_causal") and self.causal_refusal() is None
 
     def capability(self, name: str) -> bool:
         """A declared ``supports_*`` / ``uses_*`` flag of the part (False when undeclared)."""
