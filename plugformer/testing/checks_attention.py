@@ -15,7 +15,7 @@ from torch import Tensor
 
 from plugformer.registry.errors import SpecError
 from plugformer.testing.result import CheckResult, failed, not_applicable, passed
-from plugformer.testing.subject import HEADS, Subject, first_line, gradient_result, max_difference
+from plugformer.testing.subject import HEADS, Subject, first_line, gradient_result, jacobian_gap, max_difference
 
 ATOL = 1e-5
 
@@ -94,7 +94,8 @@ def gradcheck(s: Subject) -> CheckResult:
         try:
             torch.autograd.gradcheck(lambda *t: kernel(*t, causal=causal), (q, k, v), eps=1e-6, atol=1e-5)
         except Exception as err:  # gradcheck raises GradcheckError with the differing Jacobians
-            return failed(name, f"float64, (1, 2, 6, 4), causal={causal}: {str(err).splitlines()[0]}")
+            gap = jacobian_gap(lambda *t: kernel(*t, causal=causal), (q, k, v))
+            return failed(name, f"float64, (1, 2, 6, 4), causal={causal}: {first_line(err)}; worst {gap}")
     return passed(name, "analytic and numerical Jacobians of q, k, v agree in float64 (1, 2, 6, 4)")
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from plugformer.testing.result import CheckResult, failed, not_applicable, passed
-from plugformer.testing.subject import D_MODEL, HEADS, Subject, first_line, gradient_result, max_difference
+from plugformer.testing.subject import D_MODEL, HEADS, Subject, first_line, gradient_result, jacobian_gap, max_difference
 
 ATOL = 1e-5
 
@@ -127,7 +127,7 @@ def gradcheck(s: Subject) -> CheckResult:
     try:
         torch.autograd.gradcheck(lambda *t: call(s, module, t), args, eps=1e-6, atol=1e-5)
     except Exception as err:
-        return failed(name, f"float64, (1, 4, 8): {first_line(err)}")
+        return failed(name, f"float64, (1, 4, 8): {first_line(err)}; worst {jacobian_gap(lambda *t: call(s, module, t), args)}")
     return passed(name, "analytic and numerical Jacobians agree in float64 at (1, 4, 8)")
 
 

@@ -7,7 +7,7 @@ under a second on a CPU for the built-in parts.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 import torch
@@ -138,4 +138,40 @@ def gradient_result(name: str, params: dict[str, nn.Parameter]) -> CheckResult:
 def first_line(err: BaseException) -> str:
     """``Type: first line of the message``, for one-line reports of an exception."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    return f"{type(err).__name__}: {text[0].rstrip(',:') if text else ''}"
+
+
+def jacobian_gap(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], eps: float = 1e-6) -> str:
+    """Where the analytic and central-difference Jacobians of ``fn`` (float64) differ most:
+    ``output i w.r.t. input j: analytic a vs numerical n at (out index, in index)``."""
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    worst = (-1.0, "")
+    for j, x in enumerate(inputs):
+        flat = x.detach().flatten()
+        for i, out in enumerate(outs):
+            if not out.requires_grad:
+                continue
+            rows = [torch.autograd.grad(out.flatten()[r], x, retain_graph=True, allow_unused=True)[0]
+                    for r in range(out.numel())]
+            analytic = torch.stack([torch.zeros_like(flat) if g is None else g.flatten() for g in rows])  # (N_out, N_in)
+            numerical = torch.empty_like(analytic)
+            for c in range(flat.numel()):
+                shifted = [t.detach().clone() for t in inputs]
+                shifted[j].view(-1)[c] += eps
+                up = _pick(fn(*shifted), i).clone()  # an output may be the input itself
+                shifted[j].view(-1)[c] -= 2 * eps
+                down = _pick(fn(*shifted), i)
+                numerical[:, c] = ((up - down) / (2 * eps)).detach().flatten()
+            gap = (analytic - numerical).abs()
+            index = int(gap.argmax())
+            row, col = divmod(index, gap.shape[1])
+            if float(gap.max()) > worst[0]:
+                worst = (float(gap.max()), f"output {i} w.r.t. input {j}: analytic {float(analytic[row, col]):.6g} vs "
+                                           f"numerical {float(numerical[row, col]):.6g} (gap {float(gap.max()):.3g}) at "
+                                           f"output element {row}, input element {col}")
+    return worst[1]
+
+
+def _pick(outs: Any, i: int) -> torch.Tensor:
+    return outs[i] if isinstance(outs, tuple) else outs
