@@ -42,7 +42,7 @@ def cases():
             yield pytest.param(kind, name, check, marks=marks, id=f"{kind}:{name}-{check}")
 
 
-@pytest.mark.parametrize(("kind", "name", "check"), cases())
+@pytest.mark.parametrize(("kind", "name", "check"), list(cases()))
 def test_builtin_part_keeps_the_contract(kind, name, check):
     result = run_check(check, name, kind)
     assert not result.failed, result.message
