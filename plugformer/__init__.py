@@ -13,7 +13,6 @@ from typing import Any
 __version__ = "0.1.0"
 
 from plugformer.hooks import hookimpl
-from plugformer.registry.builder import build, build_part, resolve
 from plugformer.registry.errors import SpecError
 from plugformer import registry
 from plugformer.registry.registry import register
@@ -26,7 +25,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Heavier entry points load on first use, so `import plugformer` stays cheap.
+    # Heavier entry points load on first use, so `import plugformer` stays cheap (torch loads
+    # with the builder): pytest imports plugformer.testing's plugin in every run of every
+    # project that has plugformer installed.
+    if name in ("build", "build_part", "resolve"):
+        from plugformer.registry import builder
+
+        return getattr(builder, name)
     if name == "compare":
         from plugformer.compare import compare
 

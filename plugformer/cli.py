@@ -323,6 +323,8 @@ _register_external(
     "train", "Train a model: one process, or DDP / FSDP2 under torchrun.",
     "plugformer.train.cli", "ARGUMENTS", "run_train_command",
 )
+_register_external("check", "Run the conformance kit on a part, a plugin's parts or all parts (exit 1 on a failure).",
+                   "plugformer.testing.cli", "ARGUMENTS", "run_check_command", "EPILOG")
 _register_external("export", "Write a checkpoint as a Hugging Face model directory (Llama, GPT-2).",
                    "plugformer.interop.cli", "EXPORT_ARGUMENTS", "run_export_command", "EXPORT_EPILOG")
 _register_external("import", "Read a Hugging Face model directory into a checkpoint (Llama, GPT-2).",

@@ -52,3 +52,12 @@ def train_losses() -> Callable[..., list[float]]:
     next-token prediction on ``ids`` (targets ``ids[:, 1:]``, the decoder reading ``src`` for an
     encoder-decoder), ``aux_weight`` times ``model.aux_loss()`` added; the task losses per step."""
     return _train_losses
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The kit's pytest plugin comes from plugformer's pytest11 entry point once the package's
+    # metadata is installed; a checkout run without that install registers it here.
+    import plugformer.testing.pytest_plugin as kit_plugin
+
+    if not config.pluginmanager.is_registered(kit_plugin):
+        config.pluginmanager.register(kit_plugin, "plugformer")
