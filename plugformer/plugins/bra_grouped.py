@@ -248,9 +248,9 @@ class _GroupedAttention(torch.autograd.Function):
         key_real = None if key_valid is None else F.pad(key_valid, (0, lay.padded - length)).view(-1, region)
 
         scores = qs[:, :-1].reshape(lay.hkv, b * lay.n, region * lay.groups, d) @ kb.transpose(-1, -2)
-        scores = scores.masked_fill(~diagonal, -math.inf)  # (Hkv, B * n, R * G, R)
+        scores.masked_fill_(~diagonal, -math.inf)  # (Hkv, B * n, R * G, R)
         top = scores.amax(-1, keepdim=True)
-        p = torch.exp(scores - _finite(top))
+        p = scores.sub_(_finite(top)).exp_()
         acc = F.pad((p @ vb).view(lay.hkv, b * lay.padded, lay.groups, d), (0, 0, 0, 0, 0, 1))
         total = F.pad(p.sum(-1).view(lay.hkv, b * lay.padded, lay.groups), (0, 0, 0, 1))
         top = F.pad(top.view(lay.hkv, b * lay.padded, lay.groups), (0, 0, 0, 1), value=-math.inf)
@@ -258,19 +258,19 @@ class _GroupedAttention(torch.autograd.Function):
 
         for rows, blocks in _tile_groups(plan.rows, plan.blocks, lay, budget):
             w = blocks.numel()
-            q_tiles = qs[:, rows].view(lay.hkv, w, -1, d)  # (Hkv, w, C * G, D)
-            scores = q_tiles @ kb[:, blocks].transpose(-1, -2)  # (Hkv, w, C * G, R)
+            q_tiles = qs.index_select(1, rows).view(lay.hkv, w, -1, d)  # (Hkv, w, C * G, D)
+            scores = q_tiles @ kb.index_select(1, blocks).transpose(-1, -2)  # (Hkv, w, C * G, R)
             if key_real is not None:
-                scores = scores.masked_fill(~key_real[blocks][None, :, None, :], -math.inf)
+                scores.masked_fill_(~key_real[blocks][None, :, None, :], -math.inf)
             row_top = scores.amax(-1).view(lay.hkv, -1, lay.groups)
             new_top = top.scatter_reduce(1, rows.view(1, -1, 1).expand_as(row_top), row_top, "amax")
             safe_top = _finite(new_top)
             rescale = torch.exp(top - safe_top)
             acc.mul_(rescale[..., None])
             total.mul_(rescale)
-            p = torch.exp(scores - safe_top[:, rows].view(lay.hkv, w, -1, 1))
+            p = scores.sub_(safe_top.index_select(1, rows).view(lay.hkv, w, -1, 1)).exp_()
             total.index_add_(1, rows, p.sum(-1).view(lay.hkv, -1, lay.groups))
-            acc.index_add_(1, rows, (p @ vb[:, blocks]).view(lay.hkv, -1, lay.groups, d))
+            acc.index_add_(1, rows, (p @ vb.index_select(1, blocks)).view(lay.hkv, -1, lay.groups, d))
             top = new_top
 
         out = acc / total.clamp_min(torch.finfo(dtype).tiny)[..., None]  # (Hkv, B * Lp + 1, G, D)
@@ -292,25 +292,25 @@ class _GroupedAttention(torch.autograd.Function):
 
         q_diag = qs[:, :-1].reshape(hkv, -1, region * g, d)  # (Hkv, B * n, R * G, D)
         go_diag = go[:, :-1].reshape(hkv, -1, region * g, d)
-        scores = (q_diag @ kb.transpose(-1, -2)).masked_fill(~diagonal, -math.inf)
-        p = torch.exp(scores - lse[:, :-1].reshape(hkv, -1, region * g, 1))
+        scores = (q_diag @ kb.transpose(-1, -2)).masked_fill_(~diagonal, -math.inf)
+        p = scores.sub_(lse[:, :-1].reshape(hkv, -1, region * g, 1)).exp_()
         dv = p.transpose(-1, -2) @ go_diag  # (Hkv, B * n, R, D)
-        ds = p * (go_diag @ vb.transpose(-1, -2) - delta[:, :-1].reshape(hkv, -1, region * g, 1))
+        ds = (go_diag @ vb.transpose(-1, -2)).sub_(delta[:, :-1].reshape(hkv, -1, region * g, 1)).mul_(p)
         dq = F.pad((ds @ kb).view(hkv, -1, g, d), (0, 0, 0, 0, 0, 1))
         dk = ds.transpose(-1, -2) @ q_diag
         del scores, p, ds
 
         for rows, blocks in _tile_groups(plan_rows, plan_blocks, lay, ctx.budget):
             w = blocks.numel()
-            q_tiles = qs[:, rows].view(hkv, w, -1, d)  # (Hkv, w, C * G, D)
-            go_tiles = go[:, rows].view(hkv, w, -1, d)
-            k_tiles, v_tiles = kb[:, blocks], vb[:, blocks]  # (Hkv, w, R, D)
+            q_tiles = qs.index_select(1, rows).view(hkv, w, -1, d)  # (Hkv, w, C * G, D)
+            go_tiles = go.index_select(1, rows).view(hkv, w, -1, d)
+            k_tiles, v_tiles = kb.index_select(1, blocks), vb.index_select(1, blocks)  # (Hkv, w, R, D)
             scores = q_tiles @ k_tiles.transpose(-1, -2)
             if key_real is not None:
-                scores = scores.masked_fill(~key_real[blocks][None, :, None, :], -math.inf)
-            p = torch.exp(scores - lse[:, rows].view(hkv, w, -1, 1))
+                scores.masked_fill_(~key_real[blocks][None, :, None, :], -math.inf)
+            p = scores.sub_(lse.index_select(1, rows).view(hkv, w, -1, 1)).exp_()
             dv.index_add_(1, blocks, p.transpose(-1, -2) @ go_tiles)
-            ds = p * (go_tiles @ v_tiles.transpose(-1, -2) - delta[:, rows].view(hkv, w, -1, 1))
+            ds = (go_tiles @ v_tiles.transpose(-1, -2)).sub_(delta.index_select(1, rows).view(hkv, w, -1, 1)).mul_(p)
             dq.index_add_(1, rows, (ds @ k_tiles).view(hkv, -1, g, d))
             dk.index_add_(1, blocks, ds.transpose(-1, -2) @ q_tiles)
 
