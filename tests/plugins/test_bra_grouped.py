@@ -63,12 +63,13 @@ def grads(out, tensors, seed=0):
 
 @pytest.mark.parametrize(
     "length, region, topk, h, hkv",
-    [(64, 8, 3, 4, 4), (70, 8, 3, 4, 2), (45, 16, 2, 2, 1), (33, 4, 5, 3, 3)],
+    [(64, 8, 3, 4, 4), (70, 8, 3, 4, 2), (45, 16, 2, 2, 1), (33, 4, 5, 3, 3), (30, 8, 1, 2, 2)],
 )
-def test_matches_dense_attention_under_the_routed_mask(length, region, topk, h, hkv):
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_dense_attention_under_the_routed_mask(length, region, topk, h, hkv, fused):
     q, k, v = make_qkv(2, h, hkv, length, 16, seed=length)
     chosen = random_routes(2, length, region, topk, seed=1)
-    out = grouped_causal_attention(q, k, v, chosen, region=region, rows=8)
+    out = grouped_causal_attention(q, k, v, chosen, region=region, rows=8, fused=fused)
     expected = dense_reference(q, k, v, brute_mask(chosen, length, region))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     for got, want in zip(grads(out, (q, k, v)), grads(expected, (q, k, v))):
@@ -76,11 +77,12 @@ def test_matches_dense_attention_under_the_routed_mask(length, region, topk, h, 
 
 
 @pytest.mark.parametrize("length, region", [(64, 8), (50, 8)])
-def test_every_region_chosen_is_exact_causal_attention(length, region):
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_region_chosen_is_exact_causal_attention(length, region, fused):
     q, k, v = make_qkv(1, 4, 2, length, 8, seed=3)
     n = math.ceil(length / region)
     chosen = random_routes(1, length, region, n, seed=2)
-    out = grouped_causal_attention(q, k, v, chosen, region=region, rows=4)
+    out = grouped_causal_attention(q, k, v, chosen, region=region, rows=4, fused=fused)
     expected = F.scaled_dot_product_attention(
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True
     )
@@ -120,12 +122,15 @@ def test_repeated_future_and_missing_own_regions_follow_the_mask():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("padded", [True, False])
+def test_gradcheck_float64(padded):
     length, region = 11, 4
     q, k, v = make_qkv(1, 2, 1, length, 3, seed=8, dtype=torch.float64)
     chosen = random_routes(1, length, region, 2, seed=9)
-    key_valid = torch.ones(1, length, dtype=torch.bool)
-    key_valid[0, 5] = False
+    key_valid = None
+    if padded:  # the plain-matmul path; without a mask the fused one
+        key_valid = torch.ones(1, length, dtype=torch.bool)
+        key_valid[0, 5] = False
 
     def attention(q, k, v):
         return grouped_causal_attention(q, k, v, chosen, region=region, key_valid=key_valid, rows=2)
@@ -133,37 +138,41 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
-def test_no_causal_leak():
+@pytest.mark.parametrize("fused", [True, False])
+def test_no_causal_leak(fused):
     length, region, t = 48, 8, 21  # t in the middle of region 2
     q, k, v = make_qkv(1, 4, 2, length, 8, seed=10)
     chosen = random_routes(1, length, region, 3, seed=11)
-    before = grouped_causal_attention(q, k, v, chosen, region=region, rows=4)
+    before = grouped_causal_attention(q, k, v, chosen, region=region, rows=4, fused=fused)
     q2, k2, v2 = (x.detach().clone() for x in (q, k, v))
     for x in (q2, k2, v2):
         x[:, :, t:] = torch.randn_like(x[:, :, t:]) * 5
     chosen2 = chosen.clone()
     chosen2[:, t:] = random_routes(1, length, region, 3, seed=12)[:, t:]
-    after = grouped_causal_attention(q2, k2, v2, chosen2, region=region, rows=4)
+    after = grouped_causal_attention(q2, k2, v2, chosen2, region=region, rows=4, fused=fused)
     assert torch.equal(before[:, :, :t], after[:, :, :t])
     assert not torch.allclose(before[:, :, t:], after[:, :, t:])
 
 
-def test_tile_size_and_budget_do_not_change_the_result():
+@pytest.mark.parametrize("fused", [True, False])
+def test_tile_size_and_budget_do_not_change_the_result(fused):
     length, region = 96, 8
     q, k, v = make_qkv(1, 4, 4, length, 8, seed=13)
     chosen = random_routes(1, length, region, 4, seed=14)
-    base = grouped_causal_attention(q, k, v, chosen, region=region, rows=64)
+    base = grouped_causal_attention(q, k, v, chosen, region=region, rows=64, fused=fused)
     for rows, budget in ((1, 1), (5, 200), (16, 10**9)):
-        out = grouped_causal_attention(q, k, v, chosen, region=region, rows=rows, tile_budget=budget)
+        out = grouped_causal_attention(q, k, v, chosen, region=region, rows=rows, tile_budget=budget,
+                                       fused=fused)
         torch.testing.assert_close(out, base, atol=1e-6, rtol=1e-6)
 
 
-def test_bfloat16_computes_in_float32():
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_computes_in_float32(fused):
     length, region = 40, 8
     q, k, v = make_qkv(1, 2, 2, length, 8, seed=15)
     chosen = random_routes(1, length, region, 3, seed=16)
     low = [x.detach().bfloat16().requires_grad_() for x in (q, k, v)]
-    out = grouped_causal_attention(*low, chosen, region=region)
+    out = grouped_causal_attention(*low, chosen, region=region, fused=fused)
     expected = dense_reference(*(x.detach().float() for x in low), brute_mask(chosen, length, region))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
