@@ -56,7 +56,7 @@ def simple_route(q: torch.Tensor, k: torch.Tensor, *, region: int, topk: int) ->
         return torch.cat([own.expand(b, length)[..., None], others], dim=-1)
 
 
-def make_call(name: str, length: int, rows: int = 64):
+def make_call(name: str, length: int, rows: int = 128):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
     grad = torch.randn(1, HEADS, length, HEAD_DIM)
