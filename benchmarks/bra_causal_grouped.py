@@ -1,7 +1,7 @@
 """Causal token-routed BRA grouped by key region against fused causal attention, fwd+bwd on CPU.
 
 Batch 1, 8 heads of 64, region 64, topk 4, float32, 2 threads. Kernels, timed round-robin
-(median of ``--repeats`` after one warm-up round) with :func:`time_interleaved`:
+(median and minimum of ``--repeats`` after one warm-up round):
 
 * ``sdpa``: ``F.scaled_dot_product_attention(is_causal=True)``;
 * ``grouped``: :func:`grouped_causal_attention` on a routing computed beforehand;
@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 import resource
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
-from plugformer.compare.timing import time_interleaved
 from plugformer.plugins.bra_grouped import grouped_causal_attention
 
 HEADS, HEAD_DIM, REGION, TOPK = 8, 64, 64, 4
@@ -89,6 +90,22 @@ def make_call(name: str, length: int, rows: int = 128):
     return call
 
 
+def time_round_robin(calls, *, repeats: int) -> tuple[list[float], list[float]]:
+    """(median, minimum) seconds per call, one warm-up round, then ``repeats`` round-robin rounds.
+
+    Other processes on a shared machine stall a multi-threaded op now and then (a worker thread
+    waits for a core), which adds time; the minimum is the least disturbed sample.
+    """
+    samples: list[list[float]] = [[] for _ in calls]
+    for round_ in range(repeats + 1):
+        for call, kept in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            if round_:
+                kept.append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples], [min(s) for s in samples]
+
+
 def resident_kib() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() // 1024
@@ -120,9 +137,9 @@ def main() -> None:
     print(f"fwd+bwd, batch 1, {HEADS} heads x {HEAD_DIM}, region {REGION}, topk {TOPK}, float32, "
           f"{args.threads} threads; loadavg {open('/proc/loadavg').read().split()[:3]}")
     if args.rows:
-        print(f"{'N':>6} " + " ".join(f"{'rows=' + str(r):>10}" for r in args.rows) + "  (ms)")
+        print(f"{'N':>6} " + " ".join(f"{'rows=' + str(r):>10}" for r in args.rows) + "  (median ms)")
         for length in args.lengths:
-            times = time_interleaved([make_call("grouped", length, r) for r in args.rows], repeats=args.repeats)
+            times, _ = time_round_robin([make_call("grouped", length, r) for r in args.rows], repeats=args.repeats)
             print(f"{length:>6} " + " ".join(f"{t * 1e3:>10.1f}" for t in times))
         return
     if args.memory:
@@ -132,13 +149,14 @@ def main() -> None:
                                     capture_output=True, text=True).stdout.strip() for k in args.kernels]
             print(f"{length:>6} " + " ".join(f"{float(p):>18.0f}" for p in peaks))
         return
-    print(f"{'N':>6} " + " ".join(f"{k + ' ms':>16}" for k in args.kernels)
-          + "".join(f"{'sdpa/' + k:>18}" for k in args.kernels[1:]))
+    print("ms as median / min; ratios sdpa / kernel from the medians (and from the minima)")
+    print(f"{'N':>6} " + " ".join(f"{k:>18}" for k in args.kernels)
+          + "".join(f"{'sdpa/' + k:>22}" for k in args.kernels[1:]))
     for length in args.lengths:
-        times = time_interleaved([make_call(k, length) for k in args.kernels], repeats=args.repeats)
-        ratios = [times[0] / t if t else float("nan") for t in times[1:]]
-        print(f"{length:>6} " + " ".join(f"{t * 1e3:>16.1f}" for t in times)
-              + "".join(f"{r:>18.2f}" for r in ratios), flush=True)
+        median, least = time_round_robin([make_call(k, length) for k in args.kernels], repeats=args.repeats)
+        print(f"{length:>6} " + " ".join(f"{m * 1e3:>9.1f} /{n * 1e3:>7.1f}" for m, n in zip(median, least))
+              + "".join(f"{median[0] / m:>13.2f} ({least[0] / n:>5.2f})" for m, n in zip(median[1:], least[1:])),
+              flush=True)
     print(f"loadavg after: {open('/proc/loadavg').read().split()[:3]}")
 
 

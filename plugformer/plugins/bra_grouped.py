@@ -185,19 +185,17 @@ _FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_f
 
 
 def _by_head(x: Tensor, heads: int) -> Tensor:
-    """(w, R, Hkv, D) key blocks -> (w, H, R, D), each key/value head repeated for its query heads."""
-    w, r, hkv, d = x.shape
-    if heads != hkv:
-        x = x[:, :, :, None].expand(w, r, hkv, heads // hkv, d).reshape(w, r, heads, d)
-    return x.transpose(1, 2)
+    """(w, Hkv, R, D) key blocks -> (w, H, R, D), each key/value head repeated for its query heads."""
+    w, hkv, r, d = x.shape
+    if heads == hkv:
+        return x
+    return x[:, :, None].expand(w, hkv, heads // hkv, r, d).reshape(w, heads, r, d)
 
 
 def _by_kv_head(x: Tensor, kv_heads: int) -> Tensor:
-    """(w, H, R, D) gradients -> (w, R, Hkv, D), summed over the query heads of each key/value head."""
+    """(w, H, R, D) gradients -> (w, Hkv, R, D), summed over the query heads of each key/value head."""
     w, h, r, d = x.shape
-    if h == kv_heads:
-        return x.transpose(1, 2)
-    return x.transpose(1, 2).reshape(w, r, kv_heads, h // kv_heads, d).sum(3)
+    return x if h == kv_heads else x.view(w, kv_heads, h // kv_heads, r, d).sum(2)
 
 
 class _FusedGroupedAttention(torch.autograd.Function):
@@ -211,7 +209,7 @@ class _FusedGroupedAttention(torch.autograd.Function):
         padded = n * region
         qr = q.new_zeros(b * padded + 1, h, d, dtype=dtype)  # (B * Lp + 1, H, D)
         qr[:-1].view(b, padded, h, d)[:, :length] = q.transpose(1, 2)
-        kr, vr = (_key_blocks(x, region, padded, dtype) for x in (k, v))  # (B * n, R, Hkv, D)
+        kr, vr = (_key_blocks(x, region, padded, dtype) for x in (k, v))  # (B * n, Hkv, R, D)
 
         q_diag = qr[:-1].view(b * n, region, h, d).transpose(1, 2)  # (B * n, H, R, D)
         out, lse = _FLASH(q_diag, _by_head(kr, h), _by_head(vr, h), 0.0, True, scale=scale)
@@ -260,7 +258,7 @@ class _FusedGroupedAttention(torch.autograd.Function):
             diagonal(lse[..., None])[..., 0], 0.0, True, scale=scale,
         )
         dq = F.pad(dq.transpose(1, 2).reshape(b * padded, h, d), (0, 0, 0, 0, 0, 1))
-        dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, R, Hkv, D)
+        dk, dv = _by_kv_head(dk, hkv).contiguous(), _by_kv_head(dv, hkv).contiguous()  # (B * n, Hkv, R, D)
 
         for rows, blocks in tile_groups(rows_, blocks_, heads=h, region=region, budget=ctx.budget):
             w = blocks.numel()
@@ -280,15 +278,14 @@ class _FusedGroupedAttention(torch.autograd.Function):
         dtype_q, dtype_k, dtype_v = ctx.dtypes
         grad_q = dq[:-1].view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
         grad_k, grad_v = (
-            x.view(b, padded, hkv, d)[:, :length].transpose(1, 2).to(dtype)
+            x.view(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length].to(dtype)
             for x, dtype in ((dk, dtype_k), (dv, dtype_v))
         )
         return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
 def _key_blocks(x: Tensor, region: int, padded: int, dtype: torch.dtype) -> Tensor:
-    """(B, Hkv, L, D) -> (B * n, R, Hkv, D), zero keys after L."""
+    """(B, Hkv, L, D) -> (B * n, Hkv, R, D), zero keys after L; a view of x when B = 1 and L = Lp."""
     b, hkv, length, d = x.shape
-    blocks = x.new_zeros(b, padded, hkv, d, dtype=dtype)
-    blocks[:, :length] = x.transpose(1, 2)
-    return blocks.view(-1, region, hkv, d)
+    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
+    return x.view(b, hkv, -1, region, d).transpose(1, 2).reshape(-1, hkv, region, d)
