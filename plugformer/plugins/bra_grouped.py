@@ -3,20 +3,26 @@
 Lu et al., "MoBA: Mixture of Block Attention for Long-Context LLMs" (2025), the causal form of
 BiFormer's bi-level routing attention (Zhu et al., CVPR 2023). Every query attends the tokens of
 the regions its routing chose: its own region under a token-level causal mask (the diagonal
-block, computed for all queries at once as a batch of R x R blocks) and up to ``topk - 1``
-earlier regions (fully visible). The (query, earlier region) pairs are sorted by region and each
-region's queries are packed into tiles of ``rows`` queries, so one batched matmul attends a key
-region to exactly the queries that chose it; the work is L * topk * R scores per head, whatever
-the routing, instead of the union over a tile of queries. The partial softmaxes of a query merge
-online through a running maximum (flash attention's rescaling, scattered with ``index_add_``).
+block, computed for all queries at once as a batch of causal R x R blocks) and up to
+``topk - 1`` earlier regions (fully visible). As in MoBA's ``moba_efficient.py``, the (query,
+earlier region) pairs are sorted by region and each region's queries are packed into tiles of
+``rows`` queries, so one batched attention call attends a key region to exactly the queries that
+chose it: the work is about L * topk * R scores per head whatever the routing, not the union of
+what a tile of neighbouring queries chose. A query's partial results (one per block) merge
+through their log-sum-exp, online over groups of tiles (a running maximum per query, scattered
+with ``index_add_``).
 
-The backward pass is flash attention's: it keeps q, k, v, the output and the log-sum-exp of each
-query, and recomputes the scores tile by tile, so no (L x L) and no (pairs x R) tensor outlives a
-tile group. Half and bfloat16 inputs compute in float32.
+Two paths compute the blocks. Without a mask (no key padding, every query chose its own region:
+what causal token routing gives) PyTorch's fused CPU flash-attention kernel does the diagonal
+and the tiles, forward and backward; the backward passes each block the *merged* output and
+log-sum-exp, as MoBA does, so the kernel's gradients are already those of the full softmax.
+Otherwise :mod:`bra_grouped_masked` does it with batched matmuls and a flash-style backward.
+Neither keeps an (L x L) or a (pairs x R) tensor; the tiles are processed in groups of
+``tile_budget`` scores. Half and bfloat16 inputs compute in float32.
 
-Checked against dense softmax attention under the boolean mask the routing implies
-(``tests/plugins/test_bra_grouped.py``), and equal to exact causal attention when ``topk``
-covers every region.
+Checked against dense softmax attention under the boolean mask the routing implies, and exact
+causal attention when ``topk`` covers every region (``tests/plugins/test_bra_grouped.py``);
+speed against fused causal attention in ``benchmarks/bra_causal_grouped.py``.
 """
 
 from __future__ import annotations
@@ -199,7 +205,8 @@ def _by_kv_head(x: Tensor, kv_heads: int) -> Tensor:
 
 
 class _FusedGroupedAttention(torch.autograd.Function):
-    """Rows are flat b * Lp + i with a zero row last (empty tile slots); regions flat b * n + j."""
+    """Rows are flat b * Lp + i, regions flat b * n + j; empty tile slots (row B * Lp) read row 0
+    and are given no weight in the forward and no gradient in the backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, rows_, blocks_, region, scale, budget):
@@ -207,23 +214,25 @@ class _FusedGroupedAttention(torch.autograd.Function):
         b, h, length, d = q.shape
         hkv, n = k.shape[1], math.ceil(length / region)
         padded = n * region
-        qr = q.new_zeros(b * padded + 1, h, d, dtype=dtype)  # (B * Lp + 1, H, D)
-        qr[:-1].view(b, padded, h, d)[:, :length] = q.transpose(1, 2)
+        qr = _query_rows(q, padded, dtype)  # (B * Lp, H, D), a view of q when B = 1 and L = Lp
         kr, vr = (_key_blocks(x, region, padded, dtype) for x in (k, v))  # (B * n, Hkv, R, D)
+        filled = rows_ < b * padded
+        rows_ = rows_.masked_fill(~filled, 0)
 
-        q_diag = qr[:-1].view(b * n, region, h, d).transpose(1, 2)  # (B * n, H, R, D)
+        q_diag = qr.view(b * n, region, h, d).transpose(1, 2)  # (B * n, H, R, D)
         out, lse = _FLASH(q_diag, _by_head(kr, h), _by_head(vr, h), 0.0, True, scale=scale)
-        acc = F.pad(out.transpose(1, 2).reshape(b * padded, h, d), (0, 0, 0, 0, 0, 1))
-        top = F.pad(lse.transpose(1, 2).reshape(b * padded, h), (0, 0, 0, 1), value=-math.inf)
-        total = (top > -math.inf).to(dtype)  # (B * Lp + 1, H): sum of exp(lse - top)
+        acc = out.transpose(1, 2).reshape(b * padded, h, d)
+        top = lse.transpose(1, 2).reshape(b * padded, h)
+        total = torch.ones_like(top)  # (B * Lp, H): sum of exp(lse - top) over the blocks
 
-        for rows, blocks in tile_groups(rows_, blocks_, heads=h, region=region, budget=budget):
+        for start, rows, blocks in _groups(rows_, blocks_, h, region, budget):
             w = blocks.numel()
+            real = filled[start: start + rows.numel(), None]
             q_tiles = qr.index_select(0, rows).view(w, -1, h, d).transpose(1, 2)  # (w, H, C, D)
             k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
             out, lse = _FLASH(q_tiles, k_tiles, v_tiles, 0.0, False, scale=scale)
             out = out.transpose(1, 2).reshape(-1, h, d)  # (w * C, H, D)
-            lse = lse.transpose(1, 2).reshape(-1, h)
+            lse = lse.transpose(1, 2).reshape(-1, h).masked_fill(~real, -math.inf)
             new_top = top.scatter_reduce(0, rows[:, None].expand_as(lse), lse, "amax")
             rescale = torch.exp(top - new_top)
             acc.mul_(rescale[..., None])
@@ -235,40 +244,39 @@ class _FusedGroupedAttention(torch.autograd.Function):
 
         out = acc.div_(total[..., None])
         lse = top + torch.log(total)
-        out[-1], lse[-1] = 0.0, 0.0
-        ctx.save_for_backward(qr, kr, vr, out, lse, rows_, blocks_)
+        ctx.save_for_backward(qr, kr, vr, out, lse, rows_, blocks_, filled)
         ctx.shape, ctx.region, ctx.scale, ctx.budget = (b, h, hkv, length, d), region, scale, budget
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
-        return out[:-1].view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
+        return out.view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qr, kr, vr, out, lse, rows_, blocks_ = ctx.saved_tensors
+        qr, kr, vr, out, lse, rows_, blocks_, filled = ctx.saved_tensors
         (b, h, hkv, length, d), region, scale = ctx.shape, ctx.region, ctx.scale
         n = kr.shape[0] // b
         padded = n * region
-        go = torch.zeros_like(qr)  # (B * Lp + 1, H, D)
-        go[:-1].view(b, padded, h, d)[:, :length] = grad_out.transpose(1, 2)
+        go = _query_rows(grad_out, padded, qr.dtype)  # (B * Lp, H, D), zero after L
 
         def diagonal(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (B * n, H, R, ...)
-            return x[:-1].view(b * n, region, h, -1).transpose(1, 2)
+            return x.view(b * n, region, h, -1).transpose(1, 2)
 
         dq, dk, dv = _FLASH_BACKWARD(
             diagonal(go), diagonal(qr), _by_head(kr, h), _by_head(vr, h), diagonal(out),
             diagonal(lse[..., None])[..., 0], 0.0, True, scale=scale,
         )
-        dq = F.pad(dq.transpose(1, 2).reshape(b * padded, h, d), (0, 0, 0, 0, 0, 1))
-        dk, dv = _by_kv_head(dk, hkv).contiguous(), _by_kv_head(dv, hkv).contiguous()  # (B * n, Hkv, R, D)
+        dq = dq.transpose(1, 2).reshape(b * padded, h, d)
+        dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, Hkv, R, D)
 
-        for rows, blocks in tile_groups(rows_, blocks_, heads=h, region=region, budget=ctx.budget):
+        for start, rows, blocks in _groups(rows_, blocks_, h, region, ctx.budget):
             w = blocks.numel()
+            real = filled[start: start + rows.numel()].view(w, 1, -1, 1)  # (w, 1, C, 1)
 
-            def tiles(x: Tensor) -> Tensor:  # (B * Lp + 1, H, ...) -> (w, H, C, ...)
+            def tiles(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (w, H, C, ...)
                 return x.index_select(0, rows).view(w, -1, h, x[0, 0].numel()).transpose(1, 2)
 
             k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
             dq_t, dk_t, dv_t = _FLASH_BACKWARD(
-                tiles(go), tiles(qr), k_tiles, v_tiles, tiles(out), tiles(lse[..., None])[..., 0],
+                tiles(go).mul(real), tiles(qr), k_tiles, v_tiles, tiles(out), tiles(lse[..., None])[..., 0],
                 0.0, False, scale=scale,
             )
             dq.index_add_(0, rows, dq_t.transpose(1, 2).reshape(-1, h, d))
@@ -276,12 +284,27 @@ class _FusedGroupedAttention(torch.autograd.Function):
             dv.index_add_(0, blocks, _by_kv_head(dv_t, hkv))
 
         dtype_q, dtype_k, dtype_v = ctx.dtypes
-        grad_q = dq[:-1].view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
+        grad_q = dq.view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
         grad_k, grad_v = (
-            x.view(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length].to(dtype)
+            x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length].to(dtype)
             for x, dtype in ((dk, dtype_k), (dv, dtype_v))
         )
         return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+def _groups(rows: Tensor, blocks: Tensor, heads: int, region: int, budget: int):
+    """:func:`tile_groups` with the offset of each group's first slot."""
+    start = 0
+    for group_rows, group_blocks in tile_groups(rows, blocks, heads=heads, region=region, budget=budget):
+        yield start, group_rows, group_blocks
+        start += group_rows.numel()
+
+
+def _query_rows(x: Tensor, padded: int, dtype: torch.dtype) -> Tensor:
+    """(B, H, L, D) -> (B * Lp, H, D), zero rows after L; a view of x when B = 1 and L = Lp."""
+    b, h, length, d = x.shape
+    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
+    return x.transpose(1, 2).reshape(b * padded, h, d)
 
 
 def _key_blocks(x: Tensor, region: int, padded: int, dtype: torch.dtype) -> Tensor:
