@@ -17,6 +17,15 @@ is what the call itself adds, torch's allocations included (tracemalloc does not
     python benchmarks/bra_causal_grouped.py                     # times, N = 1024 .. 16384
     python benchmarks/bra_causal_grouped.py --memory            # peak memory per kernel
     python benchmarks/bra_causal_grouped.py --rows 32 64 128    # tile size sweep (grouped only)
+    python benchmarks/bra_causal_grouped.py --threads 1         # steadier on a shared machine
+
+Measured 2026-11-29 on 2 shared CPU cores under load average 6-9 (five sessions testing beside
+it), 1 thread, sdpa time / kernel time (median), N = 1024 / 2048 / 4096 / 8192 / 16384:
+grouped 0.73-0.76 / 1.1-1.2 / 1.7-2.0 / 3.1-3.7 / 6.3; grouped+route 0.73 / 1.05 / 1.7-1.9 /
+3.4-3.5 / 6.9; bra today 0.32 / 0.4 / 0.85 / 1.9 / 3.6. With 2 threads under that load a
+parallel op waits ~18 ms for its second worker now and then, so 2-thread medians scattered
+2-5x run to run. Peak memory added by one call (MiB, sdpa / grouped): 125 / 161 at 8192,
+195 / 240 at 16384 (1.23x).
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ def simple_route(q: torch.Tensor, k: torch.Tensor, *, region: int, topk: int) ->
         b, h, length, d = q.shape
         hkv, n = k.shape[1], math.ceil(length / region)
         k_pad = F.pad(k, (0, 0, 0, n * region - length))
-        counts = torch.full((n,), float(region)).index_fill_(0, torch.tensor([n - 1]), length - region * (n - 1))
+        counts = torch.full((n,), float(region))
+        counts[-1] = length - region * (n - 1)
         means = k_pad.view(b, hkv, n, region, d).sum(3) / counts[:, None]  # (B, Hkv, n, D)
         summed = q.view(b, hkv, h // hkv, length, d).sum(2)  # (B, Hkv, L, D)
         gate = torch.einsum("bhld,bhnd->bln", summed, means)  # (B, L, n)
@@ -139,7 +149,8 @@ def main() -> None:
     if args.rows:
         print(f"{'N':>6} " + " ".join(f"{'rows=' + str(r):>10}" for r in args.rows) + "  (median ms)")
         for length in args.lengths:
-            times, _ = time_round_robin([make_call("grouped", length, r) for r in args.rows], repeats=args.repeats)
+            calls = [make_call("grouped", length, r) for r in args.rows]
+            times, _ = time_round_robin(calls, repeats=args.repeats)
             print(f"{length:>6} " + " ".join(f"{t * 1e3:>10.1f}" for t in times))
         return
     if args.memory:
@@ -155,7 +166,8 @@ def main() -> None:
     for length in args.lengths:
         median, least = time_round_robin([make_call(k, length) for k in args.kernels], repeats=args.repeats)
         print(f"{length:>6} " + " ".join(f"{m * 1e3:>9.1f} /{n * 1e3:>7.1f}" for m, n in zip(median, least))
-              + "".join(f"{median[0] / m:>13.2f} ({least[0] / n:>5.2f})" for m, n in zip(median[1:], least[1:])),
+              + "".join(f"{median[0] / m:>13.2f} ({least[0] / n_:>5.2f})"
+                        for m, n_ in zip(median[1:], least[1:])),
               flush=True)
     print(f"loadavg after: {open('/proc/loadavg').read().split()[:3]}")
 

@@ -286,7 +286,8 @@ class _FusedGroupedAttention(torch.autograd.Function):
         dtype_q, dtype_k, dtype_v = ctx.dtypes
         grad_q = dq.view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
         grad_k, grad_v = (
-            x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length].to(dtype)
+            x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length]
+            .to(dtype)
             for x, dtype in ((dk, dtype_k), (dv, dtype_v))
         )
         return grad_q, grad_k, grad_v, None, None, None, None, None

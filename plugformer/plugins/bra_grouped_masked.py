@@ -182,7 +182,8 @@ class _GroupedAttention(torch.autograd.Function):
         dk = ds.transpose(-1, -2) @ q_diag
         del scores, p, ds
 
-        for rows, blocks in tile_groups(plan_rows, plan_blocks, heads=lay.h, region=region, budget=ctx.budget):
+        groups = tile_groups(plan_rows, plan_blocks, heads=lay.h, region=region, budget=ctx.budget)
+        for rows, blocks in groups:
             w = blocks.numel()
             q_tiles = qs.index_select(1, rows).view(hkv, w, -1, d)  # (Hkv, w, C * G, D)
             go_tiles = go.index_select(1, rows).view(hkv, w, -1, d)
@@ -192,7 +193,8 @@ class _GroupedAttention(torch.autograd.Function):
                 scores.masked_fill_(~key_real[blocks][None, :, None, :], -math.inf)
             p = scores.sub_(lse.index_select(1, rows).view(hkv, w, -1, 1)).exp_()
             dv.index_add_(1, blocks, p.transpose(-1, -2) @ go_tiles)
-            ds = (go_tiles @ v_tiles.transpose(-1, -2)).sub_(delta.index_select(1, rows).view(hkv, w, -1, 1)).mul_(p)
+            ds = go_tiles @ v_tiles.transpose(-1, -2)
+            ds.sub_(delta.index_select(1, rows).view(hkv, w, -1, 1)).mul_(p)
             dq.index_add_(1, rows, (ds @ k_tiles).view(hkv, -1, g, d))
             dk.index_add_(1, blocks, ds.transpose(-1, -2) @ q_tiles)
 

@@ -21,7 +21,7 @@ def random_routes(b: int, length: int, region: int, topk: int, seed: int) -> tor
         for i in range(length):
             own = i // region
             chosen[bi, i, 0] = own
-            earlier = torch.randperm(own, generator=gen)[: slots - 1] if own else torch.empty(0, dtype=torch.long)
+            earlier = torch.randperm(own, generator=gen)[: slots - 1]
             chosen[bi, i, 1: 1 + earlier.numel()] = earlier
     return chosen
 
