@@ -1,0 +1,315 @@
+"""Causal token-routed bi-level routing attention, grouped by key region (MoBA's layout).
+
+Lu et al., "MoBA: Mixture of Block Attention for Long-Context LLMs" (2025), the causal form of
+BiFormer's bi-level routing attention (Zhu et al., CVPR 2023). Every query attends the tokens of
+the regions its routing chose: its own region under a token-level causal mask (the diagonal
+block, computed for all queries at once as a batch of causal R x R blocks) and up to
+``topk - 1`` earlier regions (fully visible). As in MoBA's ``moba_efficient.py``, the (query,
+earlier region) pairs are sorted by region and each region's queries are packed into tiles of
+``rows`` queries, so one batched attention call attends a key region to exactly the queries that
+chose it: the work is about L * topk * R scores per head whatever the routing, not the union of
+what a tile of neighbouring queries chose. A query's partial results (one per block) merge
+through their log-sum-exp, online over groups of tiles (a running maximum per query, scattered
+with ``index_add_``).
+
+Two paths compute the blocks. Without a mask (no key padding, every query chose its own region:
+what causal token routing gives) PyTorch's fused CPU flash-attention kernel does the diagonal
+and the tiles, forward and backward; the backward passes each block the *merged* output and
+log-sum-exp, as MoBA does, so the kernel's gradients are already those of the full softmax.
+Otherwise :mod:`bra_grouped_masked` does it with batched matmuls and a flash-style backward.
+Neither keeps an (L x L) or a (pairs x R) tensor; the tiles are processed in groups of
+``tile_budget`` scores. Half and bfloat16 inputs compute in float32.
+
+Checked against dense softmax attention under the boolean mask the routing implies, and exact
+causal attention when ``topk`` covers every region (``tests/plugins/test_bra_grouped.py``);
+speed against fused causal attention in ``benchmarks/bra_causal_grouped.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from plugformer.plugins.bra_grouped_masked import masked_grouped_attention, tile_groups
+
+#: Scores per tile group (query rows x region keys x heads) computed at once. Bounds the memory
+#: the tiles take beside q, k, v (2**20 float32 scores = 4 MiB per temporary, which stays in
+#: cache: 9% faster than 2**22 at N = 16,384 on one thread, benchmarks/bra_causal_grouped.py).
+DEFAULT_TILE_BUDGET = 2**20
+
+
+class GroupedPlan(NamedTuple):
+    """The work list of one call, built from the routing (no gradient).
+
+    Attributes:
+        rows: (W * C,) long, flat query row b * Lp + i of each tile slot; ``null`` in an empty slot.
+        blocks: (W,) long, flat key region b * n + j of each tile.
+        own: (B * Lp,) bool, whether each query chose its own region, or None when all did.
+        null: index of the zero row that empty slots point to (= B * Lp).
+    """
+
+    rows: Tensor
+    blocks: Tensor
+    own: Optional[Tensor]
+    null: int
+
+
+def grouped_plan(chosen: Tensor, *, length: int, region: int, rows: int) -> GroupedPlan:
+    """Sort the (query, earlier chosen region) pairs by region and pack them into tiles.
+
+    Args:
+        chosen: (B, L, S) long region indices per query, -1 = empty slot, as causal token routing
+            returns them (slot 0 the own region). Regions after the query's own hold only future
+            keys and are dropped; a region chosen twice counts once.
+        length: L.
+        region: tokens per region R.
+        rows: queries per tile C.
+
+    Returns:
+        the :class:`GroupedPlan`.
+
+    Raises:
+        ValueError: ``chosen`` holds an index outside [-1, ceil(L / R)).
+    """
+    b, lq, _ = chosen.shape
+    n = math.ceil(length / region)
+    padded = n * region
+    device = chosen.device
+    if chosen.numel() and (int(chosen.min()) < -1 or int(chosen.max()) >= n):
+        raise ValueError(
+            f"chosen must hold region indices in [-1, {n}) for length {length} and region {region}; "
+            f"got values in [{int(chosen.min())}, {int(chosen.max())}]"
+        )
+    own_region = (torch.arange(lq, device=device) // region)[None, :, None]  # (1, L, 1)
+    own = (chosen == own_region).any(-1)  # (B, L)
+    earlier = chosen.masked_fill((chosen < 0) | (chosen >= own_region), n).sort(-1).values
+    repeated = F.pad(earlier[..., 1:] == earlier[..., :-1], (1, 0))
+    batch, query, slot = ((earlier < n) & ~repeated).nonzero(as_tuple=True)
+    pair_rows = batch * padded + query
+    pair_blocks = batch * n + earlier[batch, query, slot]
+    order = torch.argsort(pair_blocks, stable=True)
+    pair_rows, pair_blocks = pair_rows[order], pair_blocks[order]
+
+    counts = torch.bincount(pair_blocks, minlength=b * n)  # (B * n,)
+    tiles = (counts + rows - 1) // rows
+    first_pair = torch.cumsum(counts, 0) - counts
+    first_tile = torch.cumsum(tiles, 0) - tiles
+    rank = torch.arange(pair_rows.numel(), device=device) - first_pair[pair_blocks]
+    slot_of_pair = (first_tile[pair_blocks] + rank // rows) * rows + rank % rows
+    null = b * padded
+    tile_rows = torch.full((int(tiles.sum()) * rows,), null, dtype=torch.long, device=device)
+    tile_rows[slot_of_pair] = pair_rows
+    blocks = torch.repeat_interleave(torch.arange(b * n, device=device), tiles)
+    own_flat = None if bool(own.all()) else F.pad(own, (0, padded - lq)).reshape(-1)
+    return GroupedPlan(rows=tile_rows, blocks=blocks, own=own_flat, null=null)
+
+
+def grouped_causal_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    chosen: Tensor,
+    *,
+    region: int,
+    scale: Optional[float] = None,
+    key_valid: Optional[Tensor] = None,
+    rows: int = 128,
+    tile_budget: int = DEFAULT_TILE_BUDGET,
+    fused: bool = True,
+) -> Tensor:
+    """Exact causal softmax attention of each query over the tokens of its chosen regions.
+
+    Query i sits at position i (training / prefill: Lq = Lk) and sees key j when j's region is
+    among ``chosen[b, i]``, j <= i and ``key_valid[b, j]``. Autograd flows to q, k and v.
+
+    Args:
+        q: (B, H, L, D) queries.
+        k: (B, Hkv, L, D) keys, H a multiple of Hkv (grouped-query attention).
+        v: (B, Hkv, L, D) values.
+        chosen: (B, L, S) long, the regions each query attends, -1 = empty slot (the output of
+            ``bra_routing.route(..., causal=True, routing="token")``, one routing for all heads).
+        region: tokens per region R (the last region may be partial).
+        scale: score scale. Default: 1 / sqrt(D).
+        key_valid: (B, L) bool, True = a real key; padded keys never get weight, and a query
+            with no visible key gets zeros. Default: None (all real).
+        rows: queries per tile. Default: 128 (7% faster than 64 at N = 8,192, region 64, topk 4,
+            ``benchmarks/bra_causal_grouped.py --rows``).
+        tile_budget: scores computed at once, bounding the tiles' memory. Default: 2**20.
+        fused: attend the blocks with PyTorch's fused CPU flash-attention kernel
+            (``aten._scaled_dot_product_flash_attention_for_cpu``, forward and backward) when no
+            mask is needed (no ``key_valid``, every query chose its own region); otherwise, or
+            with False, plain batched matmuls (:mod:`bra_grouped_masked`). Default: True.
+
+    Returns:
+        (B, H, L, D) in q's dtype.
+
+    Raises:
+        ValueError: mismatched shapes, H not a multiple of Hkv, a bad ``chosen``, or
+            ``region``/``rows``/``tile_budget`` < 1.
+    """
+    b, h, length, d = q.shape
+    _check(q, k, v, chosen, key_valid, region=region, rows=rows, tile_budget=tile_budget)
+    plan = grouped_plan(chosen, length=length, region=region, rows=rows)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if fused and key_valid is None and plan.own is None and _FLASH is not None and q.device.type == "cpu":
+        return _FusedGroupedAttention.apply(q, k, v, plan.rows, plan.blocks, region, scale, tile_budget)
+    return masked_grouped_attention(q, k, v, rows=plan.rows, blocks=plan.blocks, own=plan.own,
+                                    key_valid=key_valid, region=region, scale=scale, budget=tile_budget)
+
+
+def _check(q, k, v, chosen, key_valid, *, region, rows, tile_budget) -> None:
+    for name, value in (("region", region), ("rows", rows), ("tile_budget", tile_budget)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+        raise ValueError(
+            f"q must be (B, H, L, D) and k, v (B, Hkv, L, D); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, length, d = q.shape
+    if k.shape[0] != b or k.shape[2] != length or k.shape[3] != d or h % k.shape[1]:
+        raise ValueError(
+            f"k and v must be (B={b}, Hkv, L={length}, D={d}) with H={h} a multiple of Hkv; "
+            f"got {tuple(k.shape)}"
+        )
+    if chosen.dim() != 3 or chosen.shape[:2] != (b, length) or chosen.dtype != torch.long:
+        raise ValueError(f"chosen must be a (B={b}, L={length}, S) long tensor; got "
+                         f"{tuple(chosen.shape)} {chosen.dtype}")
+    if key_valid is not None and (key_valid.shape != (b, length) or key_valid.dtype != torch.bool):
+        raise ValueError(f"key_valid must be a (B={b}, L={length}) bool tensor; got "
+                         f"{tuple(key_valid.shape)} {key_valid.dtype}")
+
+
+
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+
+def _by_head(x: Tensor, heads: int) -> Tensor:
+    """(w, Hkv, R, D) key blocks -> (w, H, R, D), each key/value head repeated for its query heads."""
+    w, hkv, r, d = x.shape
+    if heads == hkv:
+        return x
+    return x[:, :, None].expand(w, hkv, heads // hkv, r, d).reshape(w, heads, r, d)
+
+
+def _by_kv_head(x: Tensor, kv_heads: int) -> Tensor:
+    """(w, H, R, D) gradients -> (w, Hkv, R, D), summed over the query heads of each key/value head."""
+    w, h, r, d = x.shape
+    return x if h == kv_heads else x.view(w, kv_heads, h // kv_heads, r, d).sum(2)
+
+
+class _FusedGroupedAttention(torch.autograd.Function):
+    """Rows are flat b * Lp + i, regions flat b * n + j; empty tile slots (row B * Lp) read row 0
+    and are given no weight in the forward and no gradient in the backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rows_, blocks_, region, scale, budget):
+        dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        b, h, length, d = q.shape
+        hkv, n = k.shape[1], math.ceil(length / region)
+        padded = n * region
+        qr = _query_rows(q, padded, dtype)  # (B * Lp, H, D), a view of q when B = 1 and L = Lp
+        kr, vr = (_key_blocks(x, region, padded, dtype) for x in (k, v))  # (B * n, Hkv, R, D)
+        filled = rows_ < b * padded
+        rows_ = rows_.masked_fill(~filled, 0)
+
+        q_diag = qr.view(b * n, region, h, d).transpose(1, 2)  # (B * n, H, R, D)
+        out, lse = _FLASH(q_diag, _by_head(kr, h), _by_head(vr, h), 0.0, True, scale=scale)
+        acc = out.transpose(1, 2).reshape(b * padded, h, d)
+        top = lse.transpose(1, 2).reshape(b * padded, h)
+        total = torch.ones_like(top)  # (B * Lp, H): sum of exp(lse - top) over the blocks
+
+        for start, rows, blocks in _groups(rows_, blocks_, h, region, budget):
+            w = blocks.numel()
+            real = filled[start: start + rows.numel(), None]
+            q_tiles = qr.index_select(0, rows).view(w, -1, h, d).transpose(1, 2)  # (w, H, C, D)
+            k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
+            out, lse = _FLASH(q_tiles, k_tiles, v_tiles, 0.0, False, scale=scale)
+            out = out.transpose(1, 2).reshape(-1, h, d)  # (w * C, H, D)
+            lse = lse.transpose(1, 2).reshape(-1, h).masked_fill(~real, -math.inf)
+            new_top = top.scatter_reduce(0, rows[:, None].expand_as(lse), lse, "amax")
+            rescale = torch.exp(top - new_top)
+            acc.mul_(rescale[..., None])
+            total.mul_(rescale)
+            weight = torch.exp(lse - new_top.index_select(0, rows))
+            acc.index_add_(0, rows, out.mul_(weight[..., None]))
+            total.index_add_(0, rows, weight)
+            top = new_top
+
+        out = acc.div_(total[..., None])
+        lse = top + torch.log(total)
+        ctx.save_for_backward(qr, kr, vr, out, lse, rows_, blocks_, filled)
+        ctx.shape, ctx.region, ctx.scale, ctx.budget = (b, h, hkv, length, d), region, scale, budget
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        return out.view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qr, kr, vr, out, lse, rows_, blocks_, filled = ctx.saved_tensors
+        (b, h, hkv, length, d), region, scale = ctx.shape, ctx.region, ctx.scale
+        n = kr.shape[0] // b
+        padded = n * region
+        go = _query_rows(grad_out, padded, qr.dtype)  # (B * Lp, H, D), zero after L
+
+        def diagonal(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (B * n, H, R, ...)
+            return x.view(b * n, region, h, -1).transpose(1, 2)
+
+        dq, dk, dv = _FLASH_BACKWARD(
+            diagonal(go), diagonal(qr), _by_head(kr, h), _by_head(vr, h), diagonal(out),
+            diagonal(lse[..., None])[..., 0], 0.0, True, scale=scale,
+        )
+        dq = dq.transpose(1, 2).reshape(b * padded, h, d)
+        dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, Hkv, R, D)
+
+        for start, rows, blocks in _groups(rows_, blocks_, h, region, ctx.budget):
+            w = blocks.numel()
+            real = filled[start: start + rows.numel()].view(w, 1, -1, 1)  # (w, 1, C, 1)
+
+            def tiles(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (w, H, C, ...)
+                return x.index_select(0, rows).view(w, -1, h, x[0, 0].numel()).transpose(1, 2)
+
+            k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
+            dq_t, dk_t, dv_t = _FLASH_BACKWARD(
+                tiles(go).mul(real), tiles(qr), k_tiles, v_tiles, tiles(out), tiles(lse[..., None])[..., 0],
+                0.0, False, scale=scale,
+            )
+            dq.index_add_(0, rows, dq_t.transpose(1, 2).reshape(-1, h, d))
+            dk.index_add_(0, blocks, _by_kv_head(dk_t, hkv))
+            dv.index_add_(0, blocks, _by_kv_head(dv_t, hkv))
+
+        dtype_q, dtype_k, dtype_v = ctx.dtypes
+        grad_q = dq.view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
+        grad_k, grad_v = (
+            x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length]
+            .to(dtype)
+            for x, dtype in ((dk, dtype_k), (dv, dtype_v))
+        )
+        return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+def _groups(rows: Tensor, blocks: Tensor, heads: int, region: int, budget: int):
+    """:func:`tile_groups` with the offset of each group's first slot."""
+    start = 0
+    for group_rows, group_blocks in tile_groups(rows, blocks, heads=heads, region=region, budget=budget):
+        yield start, group_rows, group_blocks
+        start += group_rows.numel()
+
+
+def _query_rows(x: Tensor, padded: int, dtype: torch.dtype) -> Tensor:
+    """(B, H, L, D) -> (B * Lp, H, D), zero rows after L; a view of x when B = 1 and L = Lp."""
+    b, h, length, d = x.shape
+    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
+    return x.transpose(1, 2).reshape(b * padded, h, d)
+
+
+def _key_blocks(x: Tensor, region: int, padded: int, dtype: torch.dtype) -> Tensor:
+    """(B, Hkv, L, D) -> (B * n, Hkv, R, D), zero keys after L; a view of x when B = 1 and L = Lp."""
+    b, hkv, length, d = x.shape
+    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
+    return x.view(b, hkv, -1, region, d).transpose(1, 2).reshape(-1, hkv, region, d)
