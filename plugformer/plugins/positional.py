@@ -42,7 +42,9 @@ class SinusoidalPositions(PositionalEncoding):
         super().__init__()
         self.d_model = d_model
         self.base = base
-        table = sinusoidal_table(torch.arange(max_len), d_model, base)  # on CPU, then moved
+        # On CPU, then moved (the same values on every device); shapes only on meta.
+        where = "meta" if torch.device(device or "cpu").type == "meta" else "cpu"
+        table = sinusoidal_table(torch.arange(max_len, device=where), d_model, base)
         self.register_buffer("table", table.to(device), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
