@@ -3,6 +3,11 @@
 Value checks that read a tensor on the host (``int(ids.max())``) give friendly errors in eager
 mode, but under tracing they break the graph (``torch.compile``), fail outright
 (``torch.export``) and force a device sync. Parts run them only when :func:`eager` is true.
+
+Every part is expected to compile with ``fullgraph=True`` (``tests/test_compile.py`` checks
+each registered one). A part whose ``forward`` cannot (data-dependent shapes) declares the
+class attribute ``supports_fullgraph = False``; the check then expects it to fail, with that
+reason, instead of reporting it.
 """
 
 from __future__ import annotations
