@@ -69,19 +69,32 @@ def _inputs(model: torch.nn.Module, batch: int = 2, length: int = 12) -> tuple[t
     return (ids,) if model.kind == "lm" else (ids, ids[:, : length - 3])
 
 
+def _padded(model: torch.nn.Module) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """Inputs with padding: left-padded prompts (``lm``) or right-padded sources (``encdec``)."""
+    inputs = _inputs(model)
+    pads = torch.zeros(inputs[0].shape, dtype=torch.bool)
+    if model.kind == "lm":
+        pads[1, :3] = True
+        return inputs, {"key_padding_mask": pads, "left_padding": pads.sum(1)}
+    pads[1, -3:] = True
+    return inputs, {"src_key_padding_mask": pads}
+
+
 def _fresh(spec: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return build(spec).eval()
 
 
-def _assert_compiles_and_matches(model: torch.nn.Module, backend: str = "eager", fullgraph: bool = True) -> None:
+def _assert_compiles_and_matches(
+    model: torch.nn.Module, backend: str = "eager", fullgraph: bool = True, padded: bool = False
+) -> None:
     """Compiled equals eager; one graph unless a module declares ``supports_fullgraph = False``."""
     fullgraph = fullgraph and all(getattr(m, "supports_fullgraph", True) for m in model.modules())
-    inputs = _inputs(model)
+    inputs, options = _padded(model) if padded else (_inputs(model), {})
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(*inputs), model(*inputs), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled(*inputs, **options), model(*inputs, **options), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("spec", _part_cases())
@@ -99,10 +112,11 @@ def test_every_preset_has_no_graph_break_and_matches_eager(name: str) -> None:
     assert set(PRESETS) >= {p.name for p in default_registry().list("model")}, "a preset lacks a case"
     model = _fresh(PRESETS[name])
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(model)(*_inputs(model))
+    inputs, options = _padded(model)
+    explained = torch._dynamo.explain(model)(*inputs, **options)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
-    _assert_compiles_and_matches(model)
+    _assert_compiles_and_matches(model, padded=True)
 
 
 @pytest.mark.parametrize("name", ["gpt_tiny", "llama_tiny", "lm"])
