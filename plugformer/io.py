@@ -1,8 +1,9 @@
 """Save and load models: safetensors weights with the canonical spec in the metadata.
 
 No pickle anywhere: the file is a safetensors header (JSON) and raw tensor bytes. ``load``
-rebuilds the model from the spec and loads the weights strictly. A SHA-256 of the tensor bytes
-catches a tampered file.
+checks the header's tensors against the spec's model on the meta device before it allocates
+anything, builds the model without random initialisation and copies the weights in. A SHA-256
+of the tensor bytes catches a tampered file.
 
 Version skew: the stored spec is canonical (every argument explicit), so the saved values
 always win. An argument a part gained since the file was saved takes its default; a default
@@ -21,10 +22,11 @@ from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from plugformer.registry.errors import SpecError
+from plugformer.registry.materialize import skip_random_init
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
 from plugformer.registry.spec import PerLayer, Spec, format_spec, parse
 
@@ -74,13 +76,18 @@ def load(
 ) -> nn.Module:
     """Rebuild the model saved at ``path`` from its spec and load its weights strictly.
 
+    The file is untrusted input: before anything is allocated, the tensors its header lists
+    (names, shapes, dtypes) are checked against the spec's model built on the meta device.
+    The model is then built without random initialisation and the weights are copied in.
     A part that gained an argument since the file was saved builds with that argument's
     default; the saved values of all other arguments win.
 
     Raises:
         CheckpointError: not a plugformer checkpoint, truncated or tampered, a part or argument
-            that no longer exists (or that no installed plugin supplies), or a saved value that
-            now resolves differently.
+            that no longer exists (or that no installed plugin supplies), a saved value that
+            now resolves differently, or tensors that do not fit the spec's model (the first
+            mismatch is named).
+        InsufficientMemoryError: the model does not fit in ``device``'s memory.
 
     Warns:
         CheckpointSkewWarning: a default of a part the file uses changed since it was saved.
@@ -91,15 +98,80 @@ def load(
     path = Path(path)
     metadata = _read_metadata(path)
     spec = _resolve_saved(metadata, path, registry)
-    model = build(spec, registry=registry, device=device, dtype=dtype)
-    try:
-        load_model(model, str(path), strict=True, device=str(device or "cpu"))
-    except (SafetensorError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: weights do not fit the spec's model: {err}") from None
+    shell = build(spec, registry=registry, device="meta", dtype=dtype)
+    _check_tensors(shell, path, exact_dtypes=dtype is None)
+    with skip_random_init():
+        model = build(spec, registry=registry, device=device, dtype=dtype)
+    _copy_weights(model, path, device)
     expected = metadata.get("plugformer.sha256")
     if expected and dtype is None and _digest(model.state_dict()) != expected:
         raise CheckpointError(f"{path}: tensor data does not match its checksum (the file was altered)")
     return model
+
+
+def _tied_groups(model: nn.Module) -> list[list[str]]:
+    """State-dict keys grouped by the tensor they name (tied weights share one group)."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    return list(groups.values())
+
+
+def _check_tensors(shell: nn.Module, path: Path, *, exact_dtypes: bool) -> None:
+    """Raise a :class:`CheckpointError` naming the first tensor of the file's header that does
+    not fit ``shell`` (the model on the meta device): missing, extra, shape or dtype."""
+    expected = shell.state_dict(keep_vars=True)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = {key: handle.get_slice(key) for key in handle.keys()}
+            found = {key: (tuple(part.get_shape()), part.get_dtype()) for key, part in header.items()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: its tensor header is unreadable: {err}") from None
+    problem = f"{path}: the file's tensors do not fit the model its spec describes"
+    for group in _tied_groups(shell):
+        present = [key for key in group if key in found]
+        if not present:
+            raise CheckpointError(f"{problem}: tensor {group[0]!r} is missing from the file")
+        for key in present:
+            want, (shape, stored) = expected[key], found[key]
+            if shape != tuple(want.shape):
+                raise CheckpointError(
+                    f"{problem}: tensor {key!r} has shape {shape} in the file, the model needs "
+                    f"{tuple(want.shape)}"
+                )
+            dtype = _DTYPES.get(stored)
+            fits = dtype == want.dtype if exact_dtypes else dtype is not None and (
+                dtype.is_floating_point == want.dtype.is_floating_point
+            )
+            if not fits:
+                raise CheckpointError(
+                    f"{problem}: tensor {key!r} is {stored} in the file, the model holds "
+                    f"{want.dtype}" + ("; pass dtype= to convert" if exact_dtypes else "")
+                )
+    extra = [key for key in found if key not in expected]
+    if extra:
+        raise CheckpointError(f"{problem}: the file holds tensor {extra[0]!r}, which the model lacks")
+
+
+def _copy_weights(model: nn.Module, path: Path, device: torch.device | str | None) -> None:
+    """Put every tensor of the file into ``model`` (already checked to fit): each parameter or
+    buffer takes the loaded tensor as its data, so the uninitialised storage the build made is
+    never touched, and tied weights (one object) stay tied."""
+    state = model.state_dict(keep_vars=True)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device or "cpu")) as handle:
+            for key in handle.keys():
+                target = state[key]
+                target.data = handle.get_tensor(key).to(target.dtype)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: its tensor data is unreadable (truncated?): {err}") from None
+
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -136,7 +208,7 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
             continue
         seen.add(tensor.data_ptr())
         sha.update(key.encode())
-        sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
     return sha.hexdigest()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import attrs
 import torch
@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
 
 
-@attrs.frozen
-class Positions:
+class Positions(NamedTuple):
     """What attention needs to apply a positional encoding's ``rotate`` and ``score_bias`` hooks.
+
+    A ``NamedTuple`` (immutable, like the attrs class it replaced) because ``torch.compile``
+    traces tuples but not attrs' generated ``__init__``.
 
     Attributes:
         encoding: the positional encoding of the stack.

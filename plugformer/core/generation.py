@@ -143,7 +143,24 @@ def pick(
         drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keeps the first token
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    probs = logits.softmax(-1)
+    if generator is not None and not _same_device(generator.device, probs.device):
+        # torch.multinomial refuses a generator on another device: draw where the generator
+        # lives, so a caller's seeded stream is honoured on any device.
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def seeded_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
+    """A ``torch.Generator`` on ``device`` (the device of the tensors it will sample from)
+    seeded with ``seed``; None when ``seed`` is None."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 @torch.no_grad()
@@ -157,16 +174,16 @@ def sample(
     top_k: Optional[int] = None,
     top_p: Optional[float] = None,
     seed: Optional[int] = None,
-    device: torch.device | str | None = None,
 ) -> Tensor:
     """Greedy or sampled decoding; rows stop at ``eos_id`` and are padded with ``pad_id``.
 
+    ``seed`` seeds a generator on the device of the logits (known once the session has
+    started), so seeded sampling works on any device.
+
     Returns the new tokens (B, T), T <= ``max_new_tokens`` (shorter when every row has ended).
     """
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device or "cpu").manual_seed(seed)
     logits = session.start()
+    generator = seeded_generator(seed, logits.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     out = []
     for i in range(max_new_tokens):

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from plugformer.core.tracing import eager
+
 
 def causal_mask(lq: int, lk: int, *, device: torch.device | str | None = None) -> Tensor:
     """(Lq, Lk) boolean, True = may attend; aligned bottom-right (query i sits at Lk - Lq + i)."""
@@ -68,7 +70,7 @@ def _as_blocked(mask: Tensor, what: str) -> Tensor:
     if not mask.is_floating_point():
         raise TypeError(f"{what} must be bool or float, got {mask.dtype}")
     blocked = torch.isneginf(mask)
-    if not torch.all(blocked | (mask == 0)):
+    if eager() and not torch.all(blocked | (mask == 0)):
         raise ValueError(
             f"{what}: float masks must hold only 0 (attend) and -inf (blocked); "
             "for other additive biases use a positional encoding with score_bias"

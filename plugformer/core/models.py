@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core import generation, masks
+from plugformer.core.tracing import eager
 from plugformer.core.attention import LayerCache
 from plugformer.core.stack import Decoder, Seq2SeqStack
 
@@ -37,7 +38,9 @@ class TokenEmbedding(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, ids: Tensor) -> Tensor:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+        """ids: (B, L) -> (B, L, D). Out-of-range ids raise ``ValueError`` in eager mode (the
+        check reads the ids on the host, so it is skipped under ``torch.compile`` / export)."""
+        if eager() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
             raise ValueError(
                 f"token ids must lie in [0, {self.num_embeddings}); got values from {int(ids.min())} "
                 f"to {int(ids.max())}"
@@ -202,11 +205,13 @@ class EncoderDecoderModel(GenerativeModel):
 
     def padding_mask(self, ids: Tensor, given: Optional[Tensor] = None) -> Optional[Tensor]:
         """The padding mask (B, L) of ids (B, L), True = padding: ``given`` when set, else the
-        ids equal to ``pad_id``, or None when there are none (or ``pad_id`` is unset)."""
+        ids equal to ``pad_id``, or None when there are none (or ``pad_id`` is unset). Under
+        ``torch.compile`` / export the mask is returned even when it holds no padding (the
+        result is the same; the test for "none" would read the ids on the host)."""
         if given is not None or self.pad_id is None:
             return given
         padding = ids == self.pad_id
-        return padding if bool(padding.any()) else None
+        return padding if not eager() or bool(padding.any()) else None
 
 
 class LanguageModel(GenerativeModel):

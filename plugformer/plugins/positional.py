@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import PositionalEncoding
+from plugformer.core.tracing import eager
 from plugformer.hooks import hookimpl
 
 
@@ -41,12 +42,18 @@ class SinusoidalPositions(PositionalEncoding):
         super().__init__()
         self.d_model = d_model
         self.base = base
-        table = sinusoidal_table(torch.arange(max_len), d_model, base)  # on CPU, then moved
+        # On CPU, then moved (the same values on every device); shapes only on meta.
+        where = "meta" if torch.device(device or "cpu").type == "meta" else "cpu"
+        table = sinusoidal_table(torch.arange(max_len, device=where), d_model, base)
         self.register_buffer("table", table.to(device), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
-        if int(positions.max()) < self.table.shape[0]:
+        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D).
+
+        Under ``torch.compile`` / export the encodings are computed, not looked up: choosing
+        between the two would read the positions on the host.
+        """
+        if eager() and int(positions.max()) < self.table.shape[0]:
             pe = self.table[positions]
         else:
             pe = sinusoidal_table(positions, self.d_model, self.base)
@@ -71,13 +78,19 @@ class LearnedPositions(PositionalEncoding):
             nn.init.normal_(self.weight, std=std)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D)."""
-        last = int(positions.max())
-        if last >= self.weight.shape[0]:
-            raise ValueError(
-                f"learned positions cover 0..{self.weight.shape[0] - 1}, got position "
-                f"{last}; build the model with max_len >= {last + 1}"
-            )
+        """x: (B, L, D), positions: (L,) or (B, L) -> (B, L, D).
+
+        Raises:
+            ValueError: a position past ``max_len`` (eager mode only; the check reads the
+                positions on the host).
+        """
+        if eager():
+            last = int(positions.max())
+            if last >= self.weight.shape[0]:
+                raise ValueError(
+                    f"learned positions cover 0..{self.weight.shape[0] - 1}, got position "
+                    f"{last}; build the model with max_len >= {last + 1}"
+                )
         return x + self.weight[positions]
 
 

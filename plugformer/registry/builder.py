@@ -23,6 +23,7 @@ from torch import nn
 from plugformer.core.context import DEPRECATED_BIAS, BuildContext
 from plugformer.core.slots import ArgumentError, Slot
 from plugformer.registry.errors import SpecError
+from plugformer.registry.materialize import check_fits
 from plugformer.registry.parts import REQUIRED, ArgInfo, Part
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
 from plugformer.registry.spec import Choice, PerLayer, Spec, parse
@@ -61,12 +62,20 @@ def build(
     The model carries its canonical spec as ``model.spec``::
 
         model = build("transformer_tiny(attn=bra(region=8, topk=2))", vocab=100)
+
+    Raises:
+        SpecError: the spec does not resolve or a part refuses its arguments.
+        InsufficientMemoryError: the parameters and buffers (counted on the meta device first)
+            need more memory than ``device`` has; the message gives both numbers.
     """
     registry = registry or default_registry()
     spec = _as_spec(spec)
     if overrides:
         spec = spec.with_args(**overrides)
     resolved = _Resolver(registry).call(spec, "model")
+    if torch.device(device or torch.get_default_device()).type != "meta":
+        meta = _instantiate(resolved, "model", registry, BuildContext(device="meta", dtype=dtype))
+        check_fits(meta, device, what=f"model {resolved.name!r}")
     model = _instantiate(resolved, "model", registry, BuildContext(device=device, dtype=dtype))
     model.spec = resolved
     return model
