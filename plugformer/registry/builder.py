@@ -25,7 +25,7 @@ from plugformer.core.slots import ArgumentError, Slot
 from plugformer.registry.errors import SpecError
 from plugformer.registry.parts import REQUIRED, ArgInfo, Part
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
-from plugformer.registry.spec import Choice, PerLayer, Spec, parse
+from plugformer.registry.spec import ArgSpan, Choice, PerLayer, Spec, parse
 
 PART_KINDS = ("attention", "positional", "feedforward", "norm", "block")
 RESERVED = ("device", "dtype")
@@ -163,46 +163,114 @@ class _Resolver:
 
     def value(self, value: Any, arg: ArgInfo, owner: Spec, kind: str, given: bool, *, per_layer_ok: bool) -> Any:
         where = f"argument {arg.name!r} of {kind} {owner.name!r}"
-        key = arg.name if given else None
-        if isinstance(value, Choice):
-            raise owner.error(
-                f"{where} holds a choice {value}; expand() the spec (or use compare) first", key
-            )
+        span = _value_span(owner, arg.name if given else None)
         slot, optional = slot_kind(arg.type)
+        _refuse_choices(value, where, owner, span, into_calls=slot is None)
         if slot is not None:
-            return self.slot(value, slot, optional, where, owner, key)
+            if isinstance(value, PerLayer):  # a part slot is per-layer at every level
+                return self.per_layer(value, where, owner, span, lambda item, at: self.slot(item, slot, False, where, owner, at))
+            return self.slot(value, slot, optional, where, owner, span)
         if isinstance(value, PerLayer) and not _is_list_type(arg.type):
             if not per_layer_ok:
-                raise owner.error(f"{where} takes one value, not a per-layer list", key)
-            if not value.items:
-                raise owner.error(f"{where}: an empty per-layer list has no value for any layer", key)
-            items = [self.scalar(item, arg.type, where, owner, key) for item in value.items]
-            return PerLayer(items, span=value.span)
-        return self.scalar(value, arg.type, where, owner, key)
+                raise _error(owner, f"{where} takes one value, not a per-layer list", span)
+            return self.per_layer(value, where, owner, span, lambda item, at: self.scalar(item, arg.type, where, owner, at))
+        return self.scalar(value, arg.type, where, owner, span)
 
-    def slot(self, value: Any, kind: str, optional: bool, where: str, owner: Spec, key: Optional[str]) -> Any:
+    def per_layer(self, value: PerLayer, where: str, owner: Spec, span: Optional[tuple[int, int]], item_value: Any) -> PerLayer:
+        """A per-layer list ``[a, b]``: one item per layer, never a list itself."""
+        if not value.items:
+            raise _error(owner, f"{where}: an empty per-layer list has no value for any layer", span)
+        items = []
+        for item, at in zip(value.items, _item_spans(value, span)):
+            if isinstance(item, PerLayer):
+                raise _error(
+                    owner, f"{where}: per-layer lists do not nest, got {_show(item)} inside {_show(value)}",
+                    at, hint="layer i takes item i % len of one flat list, e.g. [dense, fused]",
+                )
+            items.append(item_value(item, at))
+        return PerLayer(items, span=value.span, item_spans=value.item_spans)
+
+    def slot(self, value: Any, kind: str, optional: bool, where: str, owner: Spec, span: Optional[tuple[int, int]]) -> Any:
         if value is None:
             if optional:
                 return None
             if (kind, "none") in self.registry:  # `pe=none` reads as the value none: the part
                 return self.call(Spec("none"), kind)
-            raise owner.error(f"{where} needs a {kind} part, got none", key)
+            raise _error(owner, f"{where} needs a {kind} part, got none", span)
         if isinstance(value, str):
-            value = parse(value)
+            return self.string_part(value, kind, where, owner, span)
         if isinstance(value, Spec):
             return self.call(value, kind)
-        if isinstance(value, PerLayer):
-            if not value.items:
-                raise owner.error(f"{where}: an empty per-layer list has no part for any layer", key)
-            items = [self.slot(item, kind, False, where, owner, key) for item in value.items]
-            return PerLayer(items, span=value.span)
-        raise owner.error(f"{where} needs a {kind} part (a name or name(...)), got {value!r}", key)
+        raise _error(owner, f"{where} needs a {kind} part (a name or name(...)), got {_show(value)}", span)
 
-    def scalar(self, value: Any, tp: Any, where: str, owner: Spec, key: Optional[str]) -> Any:
+    def string_part(self, text: str, kind: str, where: str, owner: Spec, span: Optional[tuple[int, int]]) -> Spec:
+        """A part written as a string (a Python default such as ``"relu(d_ff=256)"``). Written
+        inside a spec's text, any error in it points at the string there."""
+        inner = span is not None and owner.source is not None
+        try:
+            parsed = parse(text)
+            if inner:
+                parsed = _relocate(parsed, owner.source, span)
+            return self.call(parsed, kind)
+        except SpecError as err:
+            if not inner or err.text == owner.source:
+                raise
+            raise _error(owner, f"{where}: in the string {text!r}: {err.message}", span, hint=err.hint) from None
+
+    def scalar(self, value: Any, tp: Any, where: str, owner: Spec, span: Optional[tuple[int, int]]) -> Any:
         try:
             return _convert(value, tp)
         except _Mismatch as err:
-            raise owner.error(f"{where} must be {err.expected}, got {_show(value)}", key, hint=err.hint) from None
+            raise _error(owner, f"{where} must be {err.expected}, got {_show(value)}", span, hint=err.hint) from None
+
+
+def _value_span(owner: Spec, key: Optional[str]) -> Optional[tuple[int, int]]:
+    """Where argument ``key``'s value was written in ``owner.source``, else the whole call."""
+    written = None if key is None else owner.arg_span(key)
+    return written.value if written is not None else owner.span
+
+
+def _item_spans(value: PerLayer, span: Optional[tuple[int, int]]) -> tuple[Optional[tuple[int, int]], ...]:
+    if len(value.item_spans) == len(value.items):
+        return tuple(at if at is not None else span for at in value.item_spans)
+    return (span,) * len(value.items)
+
+
+def _error(owner: Spec, message: str, span: Optional[tuple[int, int]], *, hint: Optional[str] = None) -> SpecError:
+    return SpecError(message, owner.source, span if span is not None else owner.span, hint)
+
+
+def _refuse_choices(value: Any, where: str, owner: Spec, span: Optional[tuple[int, int]], *, into_calls: bool) -> None:
+    """A choice ``{a, b}`` inside ``value`` (inside its calls too when ``into_calls``; a part's
+    own arguments are checked when the part is resolved) is an error at the choice."""
+    if isinstance(value, Choice):
+        at = value.span if value.span is not None and owner.source is not None else span
+        raise _error(owner, f"{where} holds a choice {value}; expand() the spec (or use compare) first", at)
+    if isinstance(value, PerLayer):
+        for item, at in zip(value.items, _item_spans(value, span)):
+            _refuse_choices(item, where, owner, at, into_calls=into_calls)
+    if isinstance(value, Spec) and into_calls:
+        for key, item in value.args:
+            at = _value_span(value, key) if value.source is not None else span
+            _refuse_choices(item, where, owner, at, into_calls=True)
+
+
+def _relocate(value: Any, source: str, span: tuple[int, int]) -> Any:
+    """``value`` parsed from a string written at ``span`` of ``source``: every span of it set
+    to that string, so that errors inside it point at the string in ``source``."""
+    if isinstance(value, Spec):
+        return attrs.evolve(
+            value,
+            args=[(key, _relocate(item, source, span)) for key, item in value.args],
+            span=span, source=source,
+            arg_spans=tuple((key, ArgSpan(span, span)) for key, _ in value.args),
+        )
+    if isinstance(value, PerLayer):
+        items = [_relocate(item, source, span) for item in value.items]
+        return PerLayer(items, span=span, item_spans=(span,) * len(items))
+    if isinstance(value, Choice):
+        return Choice([_relocate(item, source, span) for item in value.options], span=span)
+    return value
 
 
 class _Mismatch(Exception):
@@ -259,7 +327,10 @@ def _convert(value: Any, tp: Any) -> Any:
         raise _Mismatch("an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise _Mismatch("a number a float can hold (at most about 1.8e308)") from None
         raise _Mismatch("a number")
     if tp is str:
         if isinstance(value, str):
@@ -275,7 +346,7 @@ def _type_text(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, (Spec, PerLayer)):
+    if isinstance(value, (Spec, PerLayer, Choice)):
         return str(value)
     if value is None:
         return "none"
@@ -313,6 +384,13 @@ class BoundPart:
             raise self.spec.error(f"{self.kind} {self.name!r}: {err}", key) from None
         except ValueError as err:
             raise self.spec.error(f"{self.kind} {self.name!r}: {err}") from None
+        except (TypeError, OverflowError, ZeroDivisionError, IndexError) as err:
+            # a value the resolver could not judge (an unannotated argument, a size that
+            # overflows torch): still the spec's fault, so still a SpecError, cause attached
+            raise self.spec.error(
+                f"{self.kind} {self.name!r} cannot be built from these arguments: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         _check_capabilities(self, module, ctx)
         return module
 
