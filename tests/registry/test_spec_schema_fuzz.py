@@ -201,7 +201,7 @@ def test_one_wrong_value_is_a_spec_error_under_that_value(spec):
     assert spec.wrong[0] <= start and end <= spec.wrong[1], (info.value.span, spec.wrong, str(info.value))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(model_specs(inject=False), model_specs(inject=True)))
 def test_checked_resolution_raises_only_spec_errors(spec):
     """Resolved and built on the meta device (sizes and ranges drawn freely): a spec is taken,
