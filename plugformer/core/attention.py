@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plugformer.core import masks
 from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
 
 
@@ -143,7 +144,9 @@ class MultiHeadAttention(nn.Module):
         Args:
             x: (B, Lq, D) queries' input.
             memory: (B, Lk, Dk) keys' and values' input for cross-attention.
-            mask: boolean, True = may attend, broadcastable to (B, H, Lq, Lk_total).
+            mask: boolean, True = may attend, broadcastable to (B, H, Lq, Lk_total), or an
+                additive float mask (kernels that ``supports_additive_mask``); a 3-D mask is
+                nn.Transformer's (B·H, Lq, Lk_total).
             causal: bottom-right causal masking (decoder self-attention).
             positions: positional encoding hooks and the absolute offset of ``x``.
             cache: keys/values of earlier steps; appended to (self-attention) or computed once
@@ -170,6 +173,12 @@ class MultiHeadAttention(nn.Module):
         if type(self.kernel) is not self._score_bias_keyword[0]:  # the kernel was swapped
             self._score_bias_keyword = (type(self.kernel), score_bias_keyword(self.kernel))
         keyword = self._score_bias_keyword[1]
+        mask = masks.unflatten_heads(mask, q.shape[0], self.heads, q.shape[-2], k.shape[-2])
+        if mask is not None and mask.is_floating_point() and not getattr(self.kernel, "supports_additive_mask", False):
+            raise ValueError(
+                f"attention kernel {type(self.kernel).__name__} takes boolean masks only; a float "
+                "mask with values other than 0 and -inf (an additive bias) needs dense or fused"
+            )
         out = self.kernel(q, k, v, mask=mask, causal=causal, **{keyword: score_bias})  # (B, H, Lq, Dh)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Lq, H*Dh) -> (B, Lq, D)
 

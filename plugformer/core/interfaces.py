@@ -37,6 +37,9 @@ class AttentionKernel(nn.Module, ABC):
     * ``supports_cache``: correct when ``Lq < Lk`` under ``causal=True`` (queries are the last
       ``Lq`` positions; the mask is aligned bottom-right).
     * ``supports_mask``: honours an arbitrary boolean ``mask``.
+    * ``supports_additive_mask``: also takes a float ``mask`` added to the scores (-inf blocks),
+      the other mask form of ``F.scaled_dot_product_attention`` and ``nn.Transformer``; absent
+      means no.
     """
 
     supports_causal: ClassVar[bool] = True

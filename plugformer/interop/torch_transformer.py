@@ -4,7 +4,8 @@
 built from the library's own parts (``fused`` or any exact kernel, ``relu`` / ``gelu``,
 ``layernorm``, ``post_ln`` / ``pre_ln``) with the same weights; :func:`to_torch` goes back where
 the parts have an ``nn.Transformer`` counterpart. Both read the model into one
-:class:`TransformerLayout` first, so what converts is decided in one place and a round trip keeps
+:class:`TransformerLayout` first (:mod:`plugformer.interop.torch_layout`, with the state-dict key
+mapping), so what converts is decided in one place and a round trip keeps
 every weight.
 
 Our stacks are batch-first whatever the source's ``batch_first``: call the result with
@@ -14,16 +15,17 @@ Our stacks are batch-first whatever the source's ``batch_first``: call the resul
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal, Optional
+from typing import Callable, Optional
 
-import attrs
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core.attention import MultiHeadAttention
 from plugformer.core.context import BuildContext
 from plugformer.core.stack import Seq2SeqStack
+from plugformer.interop.torch_layout import (
+    Activation, TransformerLayout, state_from_torch, state_to_torch, uniform,
+)
 from plugformer.plugins.blocks import PostLNBlock, PreLNBlock
 from plugformer.plugins.dense import DenseAttention
 from plugformer.plugins.feedforward import FeedForwardNetwork
@@ -33,60 +35,7 @@ from plugformer.registry.builder import bind, resolve
 from plugformer.registry.registry import Registry, default_registry
 from plugformer.registry.spec import Spec
 
-Activation = Literal["relu", "gelu"]
-
-#: Submodule names of ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` -> ours, per stack.
-_RENAMES = {
-    "encoder": {
-        "self_attn": "self_attn", "linear1": "ffn.up_proj", "linear2": "ffn.down_proj",
-        "norm1": "self_attn_norm", "norm2": "ffn_norm",
-    },
-    "decoder": {
-        "self_attn": "self_attn", "multihead_attn": "cross_attn", "linear1": "ffn.up_proj",
-        "linear2": "ffn.down_proj", "norm1": "self_attn_norm", "norm2": "cross_attn_norm",
-        "norm3": "ffn_norm",
-    },
-}
-_QKV = ("q_proj", "k_proj", "v_proj")
-
-
-@attrs.frozen(kw_only=True)
-class TransformerLayout:
-    """What an ``nn.Transformer`` is made of, as both sides of the conversion read it.
-
-    ``attn_bias``, ``ffn_bias`` and ``norm_bias`` are one flag (``bias``) in ``nn.Transformer``;
-    a plugformer stack may set them apart, which only :func:`from_torch` can represent.
-    """
-
-    d_model: int
-    heads: int
-    enc_layers: int
-    dec_layers: int
-    d_ff: int
-    activation: Activation
-    norm_first: bool
-    eps: float
-    attn_bias: bool
-    ffn_bias: bool
-    norm_bias: bool
-    dropout: float
-    enc_final_norm: bool = True
-    dec_final_norm: bool = True
-
-    def spec(self, attn: str | Spec = "fused") -> Spec:
-        """The ``encdec`` spec whose ``.stack`` has this layout (``pe=none``; vocab left default)."""
-        parts = {
-            "attn": attn,
-            "pe": Spec("none"),
-            "ffn": Spec(self.activation, {"d_ff": self.d_ff, "bias": self.ffn_bias}),
-            "norm": Spec("layernorm", {"eps": self.eps, "bias": self.norm_bias}),
-            "block": Spec("pre_ln" if self.norm_first else "post_ln"),
-        }
-        return Spec("encdec", {
-            "d_model": self.d_model, "heads": self.heads, "enc_layers": self.enc_layers,
-            "dec_layers": self.dec_layers, "dropout": self.dropout, **parts,
-            "final_norm": self.enc_final_norm, "bias": self.attn_bias,
-        })
+__all__ = ["TransformerLayout", "from_torch", "read_stack", "read_torch", "to_torch"]
 
 
 # ---------------------------------------------------------------------------- nn.Transformer in
@@ -137,7 +86,7 @@ def from_torch(
     )
     for part in (stack.encoder, stack.decoder):
         part.dropout.p = 0.0
-    stack.load_state_dict(_state_from_torch(transformer.state_dict()), strict=True)
+    stack.load_state_dict(state_from_torch(transformer.state_dict()), strict=True)
     stack.spec = spec if layout.enc_final_norm == layout.dec_final_norm else None
     return stack
 
@@ -162,20 +111,20 @@ def read_torch(transformer: nn.Transformer) -> TransformerLayout:
     for norm in norms:
         _check_torch_norm(norm)
     return TransformerLayout(
-        d_model=_uniform("d_model", (mha.embed_dim for mha in attentions)),
-        heads=_uniform("heads", (mha.num_heads for mha in attentions)),
+        d_model=uniform("d_model", (mha.embed_dim for mha in attentions)),
+        heads=uniform("heads", (mha.num_heads for mha in attentions)),
         enc_layers=len(enc.layers),
         dec_layers=len(dec.layers),
-        d_ff=_uniform("dim_feedforward", (layer.linear1.out_features for layer in layers)),
-        activation=_uniform("activation", (_activation_name(layer.activation) for layer in layers)),
-        norm_first=_uniform("norm_first", (layer.norm_first for layer in layers)),
-        eps=_uniform("layer_norm_eps", (norm.eps for norm in norms)),
-        attn_bias=_uniform("attention bias", (mha.out_proj.bias is not None for mha in attentions)),
-        ffn_bias=_uniform("feed-forward bias", (
+        d_ff=uniform("dim_feedforward", (layer.linear1.out_features for layer in layers)),
+        activation=uniform("activation", (_activation_name(layer.activation) for layer in layers)),
+        norm_first=uniform("norm_first", (layer.norm_first for layer in layers)),
+        eps=uniform("layer_norm_eps", (norm.eps for norm in norms)),
+        attn_bias=uniform("attention bias", (mha.out_proj.bias is not None for mha in attentions)),
+        ffn_bias=uniform("feed-forward bias", (
             lin.bias is not None for layer in layers for lin in (layer.linear1, layer.linear2)
         )),
-        norm_bias=_uniform("LayerNorm bias", (norm.bias is not None for norm in norms)),
-        dropout=_uniform("dropout", (p for layer in layers for p in _torch_dropouts(layer))),
+        norm_bias=uniform("LayerNorm bias", (norm.bias is not None for norm in norms)),
+        dropout=uniform("dropout", (p for layer in layers for p in _torch_dropouts(layer))),
         enc_final_norm=enc.norm is not None,
         dec_final_norm=dec.norm is not None,
     )
@@ -219,25 +168,6 @@ def _activation_name(activation: Callable[[Tensor], Tensor]) -> Activation:
         f"activation {activation!r} has no plugformer feed-forward counterpart; from_torch "
         "converts relu and gelu (as 'relu' / 'gelu', F.relu / F.gelu, nn.ReLU() or exact nn.GELU())"
     )
-
-
-def _state_from_torch(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``nn.Transformer`` state-dict keys -> ours; ``in_proj`` rows [q; k; v] split in three."""
-    out = {}
-    for key, value in state.items():
-        stack, rest = key.split(".", 1)
-        if not rest.startswith("layers."):  # encoder.norm.*, decoder.norm.*
-            out[key] = value
-            continue
-        _, index, module, param = rest.split(".", 3)
-        prefix = f"{stack}.layers.{index}.{_RENAMES[stack][module]}"
-        if param.startswith("in_proj_"):  # in_proj_weight (3E, E), in_proj_bias (3E)
-            tensor = param.removeprefix("in_proj_")
-            for name, rows in zip(_QKV, value.chunk(3)):
-                out[f"{prefix}.{name}.{tensor}"] = rows
-        else:
-            out[f"{prefix}.{param}"] = value
-    return out
 
 
 # ---------------------------------------------------------------------------- nn.Transformer out
@@ -285,7 +215,7 @@ def to_torch(stack_or_model: nn.Module) -> nn.Transformer:
         device=weight.device,
         dtype=weight.dtype,
     )
-    transformer.load_state_dict(_state_to_torch(stack.state_dict()), strict=True)
+    transformer.load_state_dict(state_to_torch(stack.state_dict()), strict=True)
     return transformer
 
 
@@ -315,7 +245,7 @@ def read_stack(stack: nn.Module) -> TransformerLayout:
         if block.cross_attn is None:
             raise ValueError("decoder blocks need cross-attention to fit nn.Transformer (a decoder-only stack does not)")
     attentions = [b.self_attn for b in blocks] + [b.cross_attn for b in dec.layers]
-    d_model = _uniform("d_model", (mha.out_proj.out_features for mha in attentions))
+    d_model = uniform("d_model", (mha.out_proj.out_features for mha in attentions))
     for mha in attentions:
         _check_attention(mha, d_model)
     ffns = [b.ffn for b in blocks]
@@ -328,19 +258,19 @@ def read_stack(stack: nn.Module) -> TransformerLayout:
         _check_norm(norm, d_model)
     return TransformerLayout(
         d_model=d_model,
-        heads=_uniform("heads", (mha.heads for mha in attentions)),
+        heads=uniform("heads", (mha.heads for mha in attentions)),
         enc_layers=len(enc.layers),
         dec_layers=len(dec.layers),
-        d_ff=_uniform("d_ff", (ffn.up_proj.out_features for ffn in ffns)),
-        activation=_uniform("activation", (_ffn_activation(ffn) for ffn in ffns)),
-        norm_first=_uniform("block", (type(b) is PreLNBlock for b in blocks)),
-        eps=_uniform("norm eps", (norm.eps for norm in norms + final)),
-        attn_bias=_uniform("attention bias", (
+        d_ff=uniform("d_ff", (ffn.up_proj.out_features for ffn in ffns)),
+        activation=uniform("activation", (_ffn_activation(ffn) for ffn in ffns)),
+        norm_first=uniform("block", (type(b) is PreLNBlock for b in blocks)),
+        eps=uniform("norm eps", (norm.eps for norm in norms + final)),
+        attn_bias=uniform("attention bias", (
             lin.bias is not None for mha in attentions for lin in (mha.q_proj, mha.out_proj)
         )),
-        ffn_bias=_uniform("feed-forward bias", (ffn.up_proj.bias is not None for ffn in ffns)),
-        norm_bias=_uniform("norm bias", (norm.bias is not None for norm in norms + final)),
-        dropout=_uniform("dropout", (
+        ffn_bias=uniform("feed-forward bias", (ffn.up_proj.bias is not None for ffn in ffns)),
+        norm_bias=uniform("norm bias", (norm.bias is not None for norm in norms + final)),
+        dropout=uniform("dropout", (
             p for b in blocks for p in (b.dropout.p, b.ffn.dropout.p)
         )),
         enc_final_norm=not isinstance(enc.norm, nn.Identity),
@@ -386,34 +316,3 @@ def _ffn_activation(ffn: FeedForwardNetwork) -> Activation:
     if type(act) is nn.GELU and act.approximate == "none":
         return "gelu"
     raise ValueError(f"feed-forward activation {act!r} does not fit; nn.Transformer has relu and exact gelu")
-
-
-def _state_to_torch(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Our state-dict keys -> ``nn.Transformer``'s; q/k/v projections stacked into ``in_proj``."""
-    inverse = {stack: {ours: theirs for theirs, ours in names.items()} for stack, names in _RENAMES.items()}
-    out, qkv = {}, {}
-    for key, value in state.items():
-        stack, rest = key.split(".", 1)
-        if not rest.startswith("layers."):
-            out[key] = value
-            continue
-        _, index, tail = rest.split(".", 2)
-        module, param = tail.rsplit(".", 1)  # e.g. "self_attn.q_proj", "weight"
-        owner, _, proj = module.rpartition(".")
-        if proj in _QKV:
-            qkv.setdefault(f"{stack}.layers.{index}.{inverse[stack][owner]}.in_proj_{param}", {})[proj] = value
-        elif proj == "out_proj":
-            out[f"{stack}.layers.{index}.{inverse[stack][owner]}.out_proj.{param}"] = value
-        else:
-            out[f"{stack}.layers.{index}.{inverse[stack][module]}.{param}"] = value
-    for key, parts in qkv.items():
-        out[key] = torch.cat([parts[name] for name in _QKV])  # rows [q; k; v]
-    return out
-
-
-def _uniform(what: str, values: Iterable):
-    """The one value every layer has, or a ValueError listing the different ones."""
-    distinct = list(dict.fromkeys(values))
-    if len(distinct) != 1:
-        raise ValueError(f"{what} differs across layers ({distinct}); the conversion needs one value")
-    return distinct[0]

@@ -26,6 +26,7 @@ class DenseAttention(AttentionKernel):
     """
 
     supports_bias = True
+    supports_additive_mask = True
 
     def __init__(self, *, scale: Optional[float] = None, dropout: float = 0.0) -> None:
         super().__init__()

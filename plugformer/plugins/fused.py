@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from plugformer.core.attention import repeat_kv, score_bias_grid
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
-from plugformer.core.masks import with_causal
+from plugformer.core.masks import allowed_of, with_causal
 from plugformer.hooks import hookimpl
 
 Backend = Literal["auto", "flash", "efficient", "math", "cudnn"]
@@ -43,6 +43,7 @@ class FusedAttention(AttentionKernel):
     """
 
     supports_bias = True
+    supports_additive_mask = True
 
     def __init__(
         self, *, scale: Optional[float] = None, dropout: float = 0.0, backend: Backend = "auto"
@@ -63,13 +64,15 @@ class FusedAttention(AttentionKernel):
         if mask is None and score_bias is None and (not causal or lq == lk):
             return self._sdpa(q, k, v, attn_mask=None, dropout_p=dropout, is_causal=causal)
         allowed = with_causal(mask, causal, lq, lk, q.device)
-        row_has_key = None if allowed is None else allowed.any(-1, keepdim=True)
-        if row_has_key is not None:
-            allowed = allowed | ~row_has_key  # blocked rows attend anywhere, then are zeroed
-        attn_mask = allowed
+        row_has_key = None if allowed is None else allowed_of(allowed).any(-1, keepdim=True)
+        if row_has_key is not None:  # blocked rows attend anywhere, then are zeroed
+            allowed = allowed.masked_fill(~row_has_key, 0.0) if allowed.is_floating_point() else allowed | ~row_has_key
+        attn_mask = allowed if allowed is None or not allowed.is_floating_point() else allowed.to(q.dtype)
         if score_bias is not None:
             attn_mask = score_bias_grid(score_bias, lq, lk, q.device).to(q.dtype)  # (H, Lq, Lk)
-            if allowed is not None:
+            if allowed is not None and allowed.is_floating_point():
+                attn_mask = attn_mask + allowed.to(q.dtype)
+            elif allowed is not None:
                 attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         out = self._sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=False)
         return out if row_has_key is None else out * row_has_key

@@ -1,7 +1,7 @@
 """Resolve a spec against the registry and build modules from it.
 
-``resolve`` checks every name, argument and type, fills in every default and converts values to
-their declared types, so the resolved spec is canonical: ``str(resolve(s))`` names the whole
+``resolve`` checks every name, argument and type (:mod:`plugformer.registry.resolver`), fills in
+every default and converts values to their declared types, so the resolved spec is canonical: ``str(resolve(s))`` names the whole
 model. ``build`` turns a resolved spec into an ``nn.Module``: part slots reach model factories as
 :class:`~plugformer.core.slots.PartFactory` callables, and any error a factory raises comes back
 as a :class:`SpecError` pointing at the part (or argument) that caused it.
@@ -9,26 +9,23 @@ as a :class:`SpecError` pointing at the part (or argument) that caused it.
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import types
-import typing
 import warnings
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import attrs
 import torch
 from torch import nn
 
 from plugformer.core.context import DEPRECATED_BIAS, BuildContext
-from plugformer.core.slots import ArgumentError, Slot
+from plugformer.core.slots import ArgumentError
 from plugformer.registry.errors import SpecError
 from plugformer.registry.materialize import check_fits
-from plugformer.registry.parts import REQUIRED, ArgInfo, Part
-from plugformer.registry.registry import Registry, UnknownPartError, default_registry
-from plugformer.registry.spec import Choice, PerLayer, Spec, parse
+from plugformer.registry.parts import ArgInfo, Part
+from plugformer.registry.registry import Registry, default_registry
+from plugformer.registry.resolver import Resolver, is_list_type, slot_kind
+from plugformer.registry.spec import PerLayer, Spec, parse
 
-PART_KINDS = ("attention", "positional", "feedforward", "norm", "block")
 RESERVED = ("device", "dtype")
 
 
@@ -43,7 +40,7 @@ def resolve(spec: str | Spec, *, kind: str = "model", registry: Optional[Registr
         SpecError: with the spec text and a caret under the offending part.
     """
     registry = registry or default_registry()
-    resolved = _Resolver(registry).call(_as_spec(spec), kind)
+    resolved = Resolver(registry).call(_as_spec(spec), kind)
     if check and kind == "model":
         _instantiate(resolved, kind, registry, BuildContext(device="meta"))
     return resolved
@@ -72,7 +69,7 @@ def build(
     spec = _as_spec(spec)
     if overrides:
         spec = spec.with_args(**overrides)
-    resolved = _Resolver(registry).call(spec, "model")
+    resolved = Resolver(registry).call(spec, "model")
     if torch.device(device or torch.get_default_device()).type != "meta":
         meta = _instantiate(resolved, "model", registry, BuildContext(device="meta", dtype=dtype))
         check_fits(meta, device, what=f"model {resolved.name!r}")
@@ -100,7 +97,7 @@ def build_part(
     unknown = sorted(set(context) - fields)
     if unknown:
         raise TypeError(f"unknown context field(s) {unknown}; accepted: {', '.join(sorted(fields))}")
-    resolved = _Resolver(registry).call(_as_spec(spec), kind)
+    resolved = Resolver(registry).call(_as_spec(spec), kind)
     module = _instantiate(resolved, kind, registry, BuildContext(**context))
     module.spec = resolved
     return module
@@ -112,189 +109,6 @@ def _as_spec(spec: str | Spec) -> Spec:
     if isinstance(spec, str):
         return parse(spec)
     raise TypeError(f"a spec is a string or a Spec, not {type(spec).__name__}")
-
-
-# ----------------------------------------------------------------------------------- resolving
-
-
-def slot_kind(tp: Any) -> tuple[Optional[str], bool]:
-    """(part kind, optional) of a factory argument's type ``tp``: the kind when ``tp`` is a part
-    slot (``Annotated[..., Slot(kind)]``, maybe Optional), else None."""
-    optional = False
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        members = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(members) < len(typing.get_args(tp))
-        if len(members) != 1:
-            return None, optional
-        tp = members[0]
-    if typing.get_origin(tp) is typing.Annotated:
-        for meta in tp.__metadata__:
-            if isinstance(meta, Slot):
-                return meta.kind, optional
-    return None, optional
-
-
-class _Resolver:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def call(self, spec: Spec, kind: str) -> Spec:
-        try:
-            part = self.registry.get(kind, spec.name)
-        except UnknownPartError as err:
-            hint = f"did you mean {_quoted(err.suggestions)}?" if err.suggestions else None
-            raise spec.error(
-                f"unknown {kind} {spec.name!r}; available: {', '.join(err.available) or 'none'}",
-                hint=hint,
-            ) from None
-        accepted = {arg.name: arg for arg in part.args}
-        for key in spec.kwargs:
-            if key not in accepted:
-                close = difflib.get_close_matches(key, list(accepted), n=1)
-                raise spec.error(
-                    f"unknown argument {key!r} of {kind} {spec.name!r}; accepted: "
-                    f"{', '.join(accepted) or 'none'}",
-                    key,
-                    at="name",
-                    hint=f"did you mean {close[0]!r}?" if close else None,
-                )
-        args = []
-        for arg in part.args:
-            given = key_given = arg.name in spec.kwargs
-            if given:
-                value = spec.kwargs[arg.name]
-            elif arg.required:
-                raise spec.error(f"{kind} {spec.name!r} needs argument {arg.name!r} ({arg.type_name})")
-            else:
-                value = arg.default
-            args.append((arg.name, self.value(value, arg, spec, kind, key_given, per_layer_ok=kind in PART_KINDS)))
-        return Spec(spec.name, args, span=spec.span, arg_spans=spec.arg_spans, source=spec.source)
-
-    def value(self, value: Any, arg: ArgInfo, owner: Spec, kind: str, given: bool, *, per_layer_ok: bool) -> Any:
-        where = f"argument {arg.name!r} of {kind} {owner.name!r}"
-        key = arg.name if given else None
-        if isinstance(value, Choice):
-            raise owner.error(
-                f"{where} holds a choice {value}; expand() the spec (or use compare) first", key
-            )
-        slot, optional = slot_kind(arg.type)
-        if slot is not None:
-            return self.slot(value, slot, optional, where, owner, key)
-        if isinstance(value, PerLayer) and not _is_list_type(arg.type):
-            if not per_layer_ok:
-                raise owner.error(f"{where} takes one value, not a per-layer list", key)
-            if not value.items:
-                raise owner.error(f"{where}: an empty per-layer list has no value for any layer", key)
-            items = [self.scalar(item, arg.type, where, owner, key) for item in value.items]
-            return PerLayer(items, span=value.span)
-        return self.scalar(value, arg.type, where, owner, key)
-
-    def slot(self, value: Any, kind: str, optional: bool, where: str, owner: Spec, key: Optional[str]) -> Any:
-        if value is None:
-            if optional:
-                return None
-            if (kind, "none") in self.registry:  # `pe=none` reads as the value none: the part
-                return self.call(Spec("none"), kind)
-            raise owner.error(f"{where} needs a {kind} part, got none", key)
-        if isinstance(value, str):
-            value = parse(value)
-        if isinstance(value, Spec):
-            return self.call(value, kind)
-        if isinstance(value, PerLayer):
-            if not value.items:
-                raise owner.error(f"{where}: an empty per-layer list has no part for any layer", key)
-            items = [self.slot(item, kind, False, where, owner, key) for item in value.items]
-            return PerLayer(items, span=value.span)
-        raise owner.error(f"{where} needs a {kind} part (a name or name(...)), got {value!r}", key)
-
-    def scalar(self, value: Any, tp: Any, where: str, owner: Spec, key: Optional[str]) -> Any:
-        try:
-            return _convert(value, tp)
-        except _Mismatch as err:
-            raise owner.error(f"{where} must be {err.expected}, got {_show(value)}", key, hint=err.hint) from None
-
-
-class _Mismatch(Exception):
-    def __init__(self, expected: str, hint: Optional[str] = None) -> None:
-        self.expected = expected
-        self.hint = hint
-
-
-def _is_list_type(tp: Any) -> bool:
-    return typing.get_origin(tp) in (list, tuple, typing.Sequence) or tp in (list, tuple)
-
-
-def _convert(value: Any, tp: Any) -> Any:
-    """``value`` as type ``tp``, or raise _Mismatch saying what was expected."""
-    if tp is Any or tp is inspect.Parameter.empty:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        members = typing.get_args(tp)
-        if value is None and type(None) in members:
-            return None
-        errors = []
-        for member in members:
-            if member is type(None):
-                continue
-            try:
-                return _convert(value, member)
-            except _Mismatch as err:
-                errors.append(err.expected)
-        raise _Mismatch(" or ".join(errors + (["none"] if type(None) in members else [])))
-    if origin is Literal:
-        options = typing.get_args(tp)
-        text = value.name if isinstance(value, Spec) and value.bare else value
-        if text in options:
-            return text
-        close = difflib.get_close_matches(str(text), [str(o) for o in options], n=1)
-        raise _Mismatch(
-            "one of " + ", ".join(repr(o) for o in options), f"did you mean {close[0]!r}?" if close else None
-        )
-    if _is_list_type(tp):
-        if isinstance(value, (list, tuple)):  # a default written in Python
-            value = PerLayer(value)
-        if not isinstance(value, PerLayer):
-            raise _Mismatch(f"a list [...] ({_type_text(tp)})")
-        (item_type,) = typing.get_args(tp)[:1] or (Any,)
-        return PerLayer([_convert(item, item_type) for item in value.items], span=value.span)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch("an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, Spec) and value.bare:
-            return value.name
-        raise _Mismatch("a string")
-    return value
-
-
-def _type_text(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (Spec, PerLayer)):
-        return str(value)
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-def _quoted(names) -> str:
-    return " or ".join(repr(n) for n in names)
 
 
 # ------------------------------------------------------------------------------------ building
@@ -322,6 +136,13 @@ class BoundPart:
             raise self.spec.error(f"{self.kind} {self.name!r}: {err}", key) from None
         except ValueError as err:
             raise self.spec.error(f"{self.kind} {self.name!r}: {err}") from None
+        except (TypeError, OverflowError, ZeroDivisionError, IndexError) as err:
+            # a value the resolver could not judge (an unannotated argument, a size that
+            # overflows torch): still the spec's fault, so still a SpecError, cause attached
+            raise self.spec.error(
+                f"{self.kind} {self.name!r} cannot be built from these arguments: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         _check_capabilities(self, module, ctx)
         return module
 
@@ -387,7 +208,7 @@ def bind(value: Any, kind: str, registry: Registry) -> Any:
 
 
 def _plain_list(value: Any, arg: ArgInfo) -> Any:
-    return _plain(value) if _is_list_type(arg.type) else value
+    return _plain(value) if is_list_type(arg.type) else value
 
 
 def _instantiate(resolved: Spec, kind: str, registry: Registry, ctx: BuildContext) -> nn.Module:

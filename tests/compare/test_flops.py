@@ -38,11 +38,29 @@ def _run(model):
 
 
 def test_one_layer_model_matches_the_hand_count():
+    """Exact: a counter that dropped cross-attention (2 * 2*B*T*S*D of attention alone) or the
+    LM head (2*B*T*D*V) is off by far more than nothing."""
     model = _model("dense")
     counted = count_flops(model, _run(model))
-    assert counted == pytest.approx(_hand_count_encdec(), rel=0.05)
+    assert counted == _hand_count_encdec()
     # every product has two products in its backward (input and weight / both operands)
-    assert count_flops(model, _run(model), backward=True) == pytest.approx(3 * counted, rel=0.05)
+    assert count_flops(model, _run(model), backward=True) == 3 * counted
+
+
+@pytest.mark.parametrize("attn", ["dense", "fused"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_decoder_only_model_matches_the_hand_count(attn, layers):
+    """gpt-style lm: per layer q/k/v/out projections, QK^T and PV, the feed-forward; then the
+    (tied) LM head. Causal attention counts as full (see compare/flops.py)."""
+    torch.manual_seed(0)
+    model = plugformer.build(
+        f"gpt_tiny(d_model={D}, heads={H}, layers={layers}, ffn=gelu(d_ff={FF}), attn={attn})",
+        vocab=V, max_len=16,
+    )
+    ids = torch.randint(0, V, (B, S), generator=torch.Generator().manual_seed(3))
+    linear = lambda rows, d_in, d_out: 2 * B * rows * d_in * d_out  # noqa: E731
+    layer = 4 * linear(S, D, D) + 2 * 2 * B * S * S * D + linear(S, D, FF) + linear(S, FF, D)
+    assert count_flops(model, lambda m: m(ids)) == layers * layer + linear(S, D, V)
 
 
 def test_dense_and_fused_report_the_same_flops():

@@ -38,9 +38,44 @@ def test_padding_mask_of_wrong_rank_names_the_shape():
         masks.padding_to_attend(torch.zeros(2, 1, 3, dtype=torch.bool))
 
 
-def test_float_mask_with_other_values_is_refused():
-    with pytest.raises(ValueError, match="only 0 .* and -inf"):
-        masks.attn_mask_to_attend(torch.tensor([[0.0, -1.0], [0.0, 0.0]]))
+def test_float_mask_with_other_values_stays_additive():
+    """nn.Transformer adds a float mask to the scores; only 0 / -inf ones become boolean (the
+    refusal of other values moved to kernels without ``supports_additive_mask``, see
+    tests/interop/test_torch_masks.py)."""
+    additive = torch.tensor([[0.0, -1.0], [float("-inf"), 0.5]])
+    assert masks.attn_mask_to_attend(additive) is additive
+    assert masks.padding_to_attend(additive).shape == (2, 1, 1, 2)
+    scores = torch.randn(2, 2)
+    expected = torch.softmax(scores + additive, -1)
+    assert torch.allclose(masks.masked_softmax(scores, additive), expected)
+
+
+def test_merge_of_boolean_and_additive_masks_is_additive():
+    allowed = torch.tensor([[True, False], [True, True]])
+    additive = torch.tensor([[0.5, 0.0], [-1.0, float("-inf")]])
+    merged = masks.merge(allowed, additive)
+    inf = float("-inf")
+    assert torch.equal(merged, torch.tensor([[0.5, inf], [-1.0, inf]]))
+    assert masks.is_all_true(torch.zeros(2, 2)) and not masks.is_all_true(additive)
+
+
+def test_flattened_batch_heads_masks_are_split_by_the_batch():
+    """nn.Transformer's (B·H, L, S) mask: row b·H + h is batch b, head h."""
+    flat = torch.rand(2 * 3, 4, 5) > 0.5
+    padding = masks.padding_to_attend(torch.zeros(2, 5, dtype=torch.bool))  # (2, 1, 1, 5)
+    merged = masks.merge(flat, padding)
+    assert merged.shape == (2, 3, 4, 5)
+    for b in range(2):
+        for h in range(3):
+            assert torch.equal(merged[b, h], flat[b * 3 + h])
+    assert torch.equal(masks.unflatten_heads(flat, 2, 3, 4, 5), merged)
+    assert masks.unflatten_heads(padding, 2, 3, 4, 5) is padding
+    with pytest.raises(ValueError, match=r"\(batch \* heads, Lq, Lk\) = \(8, 4, 5\); got \(6, 4, 5\)"):
+        masks.unflatten_heads(flat, 2, 4, 4, 5)
+    with pytest.raises(ValueError, match="with batch 4; got"):
+        masks.merge(flat, torch.ones(4, 1, 1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(Lq, Lk\) or \(batch \* heads, Lq, Lk\)"):
+        masks.attn_mask_to_attend(torch.zeros(1, 2, 4, 5, dtype=torch.bool))
 
 
 def test_integer_mask_is_refused():

@@ -188,12 +188,16 @@ def test_models_decode_with_a_cache_as_without(block, cls, cached_logits):
 
 
 @pytest.mark.parametrize("block", ["parallel", "sandwich"])
-def test_lm_trains(block, train_losses):
-    torch.manual_seed(4)
-    model = build(f"gpt_tiny(block={block}, layers=1, vocab=64)")
-    ids = torch.randint(0, 64, (4, 12))
-    losses = train_losses(model, ids, 8)
-    assert losses[-1] < losses[0] - 0.3
+def test_lm_learns_what_its_twin_without_attention_cannot(block, learned_losses, zeroed):
+    """The block must route its attention branch into the output: predicting the previous
+    token needs it; the twin whose self-attention outputs zeros cannot."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(4)
+        models.append(build(f"gpt_tiny(block={block}, layers=1, vocab=64)"))
+    zeroed([layer.self_attn for layer in models[1].decoder.layers])
+    working, broken = learned_losses(*models, "lookback", 60, vocab=64)
+    assert working < broken - 1.0, (working, broken)
 
 
 def test_describe():

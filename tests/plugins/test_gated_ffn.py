@@ -71,12 +71,18 @@ def test_factory_checks_arguments():
         build_part("feedforward", "geglu(d_ff=0)", d_model=16, heads=2)
 
 
-def test_in_a_model_trains_and_describe(train_losses):
+def test_in_a_model_learns_what_its_zeroed_twin_cannot_and_describe(learned_losses, zeroed):
+    """A random table of (previous, current) token needs the feed-forward's interaction; the
+    twin whose FFN outputs zeros reaches a clearly higher loss."""
     torch.manual_seed(1)
     model = build("gpt_tiny(ffn=swiglu(multiple_of=32), layers=1)")
     assert model.decoder.layers[0].ffn.gate_proj.out_features == 192
-    ids = torch.randint(0, 256, (4, 12))
-    losses = train_losses(model, ids, 8)
-    assert losses[-1] < losses[0] - 0.3
+    models = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        models.append(build("gpt_tiny(ffn=swiglu(multiple_of=32), layers=1, pe=rope, vocab=16)"))
+    zeroed([layer.ffn for layer in models[1].decoder.layers])
+    working, broken = learned_losses(*models, "pairs", 150, vocab=16)
+    assert working < broken - 0.5, (working, broken)
     described = plugformer.registry.describe("feedforward", "swiglu")
     assert {a.name: a.default for a in described.args} == {"d_ff": None, "multiple_of": 256, "bias": False}

@@ -146,9 +146,13 @@ def test_model_equals_dense_model_when_the_window_covers_the_sequence():
     torch.testing.assert_close(local(src, tgt), dense(src, tgt), atol=1e-5, rtol=1e-5)
 
 
-def test_trains(train_losses):
-    torch.manual_seed(6)
-    model = build("gpt_tiny(pe=rope, attn=local(window=4), layers=1, vocab=64)")
-    ids = torch.randint(0, 64, (4, 12))
-    losses = train_losses(model, ids, 8)
-    assert losses[-1] < losses[0] - 0.3
+def test_learns_what_its_zeroed_twin_cannot(learned_losses, zeroed):
+    """Predicting the previous token (inside the window) needs the kernel; the twin whose
+    kernel outputs zeros cannot."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(6)
+        models.append(build("gpt_tiny(pe=rope, attn=local(window=4), layers=1, vocab=64)"))
+    zeroed([layer.self_attn.kernel for layer in models[1].decoder.layers])
+    working, broken = learned_losses(*models, "lookback", 60, vocab=64)
+    assert working < broken - 1.0, (working, broken)

@@ -155,17 +155,16 @@ def test_model_casts_and_runs_in_bfloat16():
     torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=0.05)
 
 
-def test_positions_matter():
-    torch.manual_seed(9)
-    model = build("gpt_tiny(pe=rope, attn=fused)").eval()
-    ids = torch.randint(0, 256, (1, 8))
-    swapped = ids[:, [1, 0, *range(2, 8)]]
-    assert not torch.allclose(model(ids)[:, -1], model(swapped)[:, -1], atol=1e-4)
+# "positions matter" is tests/plugins/test_positions_matter.py: a bidirectional model, every
+# registered encoding (a causal model sees order through its mask, RoPE or not).
 
 
-def test_trains(train_losses):
-    torch.manual_seed(10)
-    model = build("gpt_tiny(pe=rope, layers=1)")
-    ids = torch.randint(0, 256, (4, 12))
-    losses = train_losses(model, ids, 10)
-    assert losses[-1] < losses[0] - 0.5
+def test_learns_what_a_model_without_it_cannot(learned_losses):
+    """Predicting the previous token needs positions; the twin without RoPE (same weights)
+    only averages the past."""
+    models = []
+    for pe in ("rope", "none"):
+        torch.manual_seed(10)
+        models.append(build(f"gpt_tiny(pe={pe}, layers=1, vocab=64)"))
+    working, broken = learned_losses(*models, "lookback", 60, vocab=64)
+    assert working < broken - 1.0, (working, broken)
