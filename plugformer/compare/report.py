@@ -84,7 +84,8 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
 
     Per (variant, rate, seed) the run with the most steps is kept (a search's last rung). The
     rate is the one with the best mean over seeds of ``val_<primary>`` when every rate of the
-    variant recorded it, else of the primary metric itself (and the note says so).
+    variant that finished a run recorded it (a rate whose runs all failed is never chosen),
+    else of the primary metric itself (and the note says so).
 
     Returns:
         (variant -> chosen runs in seed order, variant -> how its rate was chosen).
@@ -101,7 +102,8 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
     for variant, rates in by_rate.items():
         primary = next(r.primary for runs in rates.values() for r in runs) or ""
         validation = f"val_{primary}"
-        on_val = all(any(validation in r.metrics for r in runs) for runs in rates.values())
+        on_val = all(any(validation in r.metrics for r in runs) for runs in rates.values()
+                     if any(r.status == "ok" for r in runs))  # a rate that only failed has none
         metric = validation if on_val else primary
         sign = 1.0 if higher_is_better(primary) else -1.0
 
