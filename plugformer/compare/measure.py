@@ -7,7 +7,7 @@ A variant that fails here is marked failed in its row, with the reason, and trai
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from plugformer.compare import flops as flop_counting
 from plugformer.compare import timing
 from plugformer.compare.variants import Variant
 from plugformer.tasks.base import Batch
-from plugformer.train.step import autocast, compile_blocks, loss_sums
+from plugformer.train.step import autocast, loss_sums
 
 __all__ = ["measure", "fail"]
 
@@ -53,11 +53,13 @@ def _forward_backward(model: nn.Module, batch: Batch, precision: str) -> None:
 
 
 def measure(variants: list[Variant], batch: Batch, device: torch.device, repeats: int,
-            notify: Callable[..., None], *, precision: str, compile: bool) -> None:
+            notify: Callable[..., None], *, precision: str,
+            compiler: Optional[Callable[[nn.Module], object]] = None) -> None:
     """FLOPs, peak memory and time of one batch for every variant still standing.
 
-    FLOPs are counted on the eager model; with ``compile`` the blocks are compiled next, so
-    memory and time are those of the compiled model that trains.
+    FLOPs are counted on the eager model; with a ``compiler`` (e.g.
+    `plugformer.train.step.compile_blocks`) the model is compiled next, so memory and time
+    are those of the compiled model that trains.
     """
     for variant in variants:
         if variant.model is None:
@@ -68,8 +70,8 @@ def measure(variants: list[Variant], batch: Batch, device: torch.device, repeats
             forward = functools.partial(_logits, batch=batch, precision=precision)
             variant.row.flops_fwd = flop_counting.count_flops(model, forward)
             variant.row.flops_fwd_bwd = flop_counting.count_flops(model, forward, backward=True)
-            if compile:
-                compile_blocks(model)
+            if compiler is not None:
+                compiler(model)
             _forward_backward(model, batch, precision)  # warm up before measuring memory
             variant.row.mem_fwd_bytes = timing.peak_memory(
                 lambda: _forward(model, batch, precision), device=device)

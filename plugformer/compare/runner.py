@@ -46,7 +46,7 @@ from plugformer.registry.spec import Spec
 from plugformer.tasks.base import Task
 from plugformer.tasks.lookup import make_task
 from plugformer.train.data import BatchPlan, slice_rows
-from plugformer.train.step import PRECISIONS, SCHEDULES
+from plugformer.train.step import PRECISIONS, SCHEDULES, compile_blocks
 
 __all__ = ["compare", "CompareError", "Interrupted", "Progress", "make_task"]
 
@@ -160,9 +160,10 @@ def compare(
             before anything trains.
         Interrupted: on Ctrl-C, with the `Comparison` of what finished (a KeyboardInterrupt).
     """
-    if steps < 1 or batch < 1 or seeds < 1:
-        raise ValueError(f"steps, batch and seeds must be >= 1, got steps={steps}, "
-                         f"batch={batch}, seeds={seeds}")
+    if steps < 1 or batch < 1:
+        raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be a positive number of steps, got {budget}")
     if schedule not in SCHEDULES:
@@ -205,12 +206,11 @@ def compare(
         for kind in kinds:
             probe = slice_rows(the_task.batch(0, batch, seed=seed, kind=kind), plan.rows(0, 0))
             measure([v for v in variants if v.row.kind == kind], probe.to(device), device,
-                    timing_repeats, notify, precision=precision, compile=compile)
+                    timing_repeats, notify, precision=precision,
+                    compiler=compile_blocks if compile else None)
         by_label = {v.row.label: v for v in variants}
         for variant in variants:
             variant.model = None  # each run builds its own from its seed
-            if not variant.row.ok:
-                notify(variant, "failed", message=variant.row.error)
 
         def run(candidate: Candidate, run_seed: int, run_steps: int) -> RunRecord:
             variant = by_label[candidate.variant]
@@ -225,6 +225,7 @@ def compare(
                 record = execute(
                     planned, written=variant.row.written, label=variant.row.label, task=the_task,
                     primary=primary, settings=settings, registry=registry,
+                    compiler=compile_blocks if compile else None,
                     info={**info, "params": variant.row.params,
                           "flops_fwd_bwd": variant.row.flops_fwd_bwd},
                     flops_fwd_bwd=variant.row.flops_fwd_bwd,
@@ -242,13 +243,20 @@ def compare(
         expected = len(candidates) * seeds
         search: dict[str, Any] = {}
         try:
-            if budget is not None and candidates:
-                _, search = successive_halving(candidates, budget=budget, seeds=seed_list, run=run,
-                                               metric=f"val_{primary}")
+            if budget is not None:
+                for variant in variants:
+                    if not variant.row.ok:
+                        notify(variant, "failed", message=variant.row.error)
+                if candidates:
+                    _, search = successive_halving(candidates, budget=budget, seeds=seed_list,
+                                                   run=run, metric=f"val_{primary}")
             else:
                 for run_seed in seed_list:
-                    for candidate in candidates:
-                        run(candidate, run_seed, steps)
+                    for variant in variants:
+                        if not variant.row.ok and run_seed == seed:
+                            notify(variant, "failed", message=variant.row.error)
+                        for rate in rates if variant.row.ok else ():
+                            run(Candidate(variant.row.label, rate), run_seed, steps)
         except KeyboardInterrupt:
             _log.warning("interrupted: %d run(s) finished", len(records))
             described.update(interrupted=True, wall_s=time.perf_counter() - started)

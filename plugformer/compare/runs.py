@@ -26,7 +26,7 @@ from plugformer.tasks.metrics import METRIC_KEYS, batch_metrics, eval_result
 from plugformer.train.data import BatchPlan
 from plugformer.train.distributed import Dist
 from plugformer.train.evaluate import evaluate
-from plugformer.train.step import NonFinite, autocast, compile_blocks, optimizer_step, set_schedule
+from plugformer.train.step import NonFinite, autocast, optimizer_step, set_schedule
 
 __all__ = ["RunSettings", "execute", "curve_steps"]
 
@@ -77,7 +77,8 @@ def _score(model: nn.Module, batches: list[Batch], length: int, device: torch.de
 
 def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str,
             settings: RunSettings, info: dict[str, Any], flops_fwd_bwd: Optional[int] = None,
-            registry: Optional[Registry] = None, notify: Notify = lambda *a, **k: None) -> RunRecord:
+            registry: Optional[Registry] = None, notify: Notify = lambda *a, **k: None,
+            compiler: Optional[Callable[[nn.Module], object]] = None) -> RunRecord:
     """Train and score one run; a run-time failure (non-finite loss, an exception, out of
     memory) is returned as a record with ``status="failed"``, never raised.
 
@@ -92,6 +93,8 @@ def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str
         flops_fwd_bwd: FLOPs of one forward+backward on a micro-batch, for the curve's FLOPs.
         registry: where the variant's parts are looked up.
         notify: progress callback, ``notify(stage, step=, loss=, message=)``.
+        compiler: compiles the model in place before training (``settings.compile``), e.g.
+            `plugformer.train.step.compile_blocks`.
 
     Raises:
         KeyboardInterrupt: passed on, so that the caller can show what finished.
@@ -108,8 +111,8 @@ def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str
         torch.manual_seed(plan.seed)
         model = build(written, registry=registry, device=device, vocab=task.vocab_size,
                       max_len=task.max_len)
-        if settings.compile:
-            compile_blocks(model)
+        if compiler is not None:
+            compiler(model)
         torch.manual_seed(plan.seed)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr,
