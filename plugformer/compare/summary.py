@@ -106,7 +106,8 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
         if verdict is None:
             return "-"
         if verdict.mark in ("worse", "tied") and verdict.p_value is not None:
-            return f"{verdict.mark} (p={verdict.p_value:.2g})"
+            p = "p<0.001" if verdict.p_value < 0.001 else f"p={verdict.p_value:.2g}"
+            return f"{verdict.mark} ({p})"
         return "n/a" if verdict.mark == "not enough seeds" else verdict.mark
 
     metric = "EM" if comparison.primary_metric == "exact_match" else "acc"
