@@ -86,7 +86,8 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
     rate is the one with the best mean over seeds of ``val_<primary>`` when every rate of the
     variant that finished a run recorded it (a rate whose runs all failed is never chosen),
     else of the primary metric itself (and the note says so). A tie (every rate at 0% exact
-    match, say) goes to the lower mean loss on the same split.
+    match, say) goes to the lower mean loss on the same split. Under a search, a rate that was
+    given more steps (a survivor) comes before one stopped earlier.
 
     Returns:
         (variant -> chosen runs in seed order, variant -> how its rate was chosen).
@@ -114,8 +115,8 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
             mean = interval([r.metrics.get(key) for r in rates[lr] if r.status == "ok"]).mean
             return -math.inf if math.isnan(mean) else sign * mean
 
-        def score(lr: str) -> tuple[float, float]:
-            return mean_of(lr, metric, sign), mean_of(lr, loss, -1.0)
+        def score(lr: str) -> tuple[int, float, float]:
+            return max(r.steps for r in rates[lr]), mean_of(lr, metric, sign), mean_of(lr, loss, -1.0)
 
         best = max(rates, key=score)
         chosen[variant] = sorted(rates[best], key=lambda r: r.seed)

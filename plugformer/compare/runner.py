@@ -192,7 +192,7 @@ def compare(
         "torch": torch.__version__, "plugformer": plugformer.__version__,
         "threads": torch.get_num_threads(),
     }
-    done = store.finished() if store is not None and resume else {}
+    done = {(r.key, r.variant): r for r in store.read()} if store is not None and resume else {}
     info = {**environment(), "device": str(device)}
     records: list[RunRecord] = []
 
@@ -218,9 +218,9 @@ def compare(
                               lr=candidate.lr, steps=run_steps)
             where = dict(run=len(records), runs=max(len(records) + 1, expected), seed=run_seed,
                          lr=candidate.lr, steps=run_steps)
-            if planned.key in done:
+            if (planned.key, variant.row.label) in done:
                 notify(variant, "skipped", step=run_steps, **where)
-                record = done[planned.key]
+                record = done[(planned.key, variant.row.label)]
             else:
                 record = execute(
                     planned, written=variant.row.written, label=variant.row.label, task=the_task,

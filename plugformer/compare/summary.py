@@ -117,6 +117,7 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
         ("lr", [f"{row.lr:g}" if row.lr is not None else "-" for row in rows]),
         ("seeds", [str(len(chosen.get(row.label, []))) for row in rows]),
         ("params", [_count(row.params) for row in rows]),
+        ("FLOPs fwd", [_count(row.flops_fwd) for row in rows]),
         ("fwd+bwd ms", [_plain(row.time_fwd_bwd_s, 1e3, 2) for row in rows]),
         ("peak MiB", [_plain(row.mem_fwd_bwd_bytes, 1 / _MIB, 1) for row in rows]),
         ("final loss", [_fmt(over(row, lambda r: r.metrics.get("final_loss"))) for row in rows]),
