@@ -161,3 +161,19 @@ def test_progress_goes_to_the_log_when_stderr_is_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "plugformer"]
     assert any(line.startswith("run 1/2 attn=dense seed 0 lr 0.003: done") for line in lines), lines
     assert any(line.startswith("run 2/2 attn=fused seed 0 lr 0.003: step 2/2") for line in lines), lines
+
+
+def test_a_terminal_gets_a_bar_per_run(monkeypatch):
+    from rich.console import Console
+
+    from plugformer.compare import progress as progress_module
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    chosen = progress_module.reporter(True)
+    assert isinstance(chosen, progress_module.Bars)
+    assert progress_module.reporter(False).__enter__() is None
+    with chosen as bars:
+        compare(SPEC, TASK, steps=2, batch=8, timing_repeats=1, curve_points=0, seeds=2, progress=bars)
+    titles = [task.description for task in bars.progress.tasks]
+    assert len(titles) == 2 + 4  # one per variant while measuring, then one per run
+    assert sum(t.endswith("seed 1 lr 0.003 [green]done") for t in titles) == 2
