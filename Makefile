@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt examples/plugin/pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo-results
 	$(BIN)/plugformer compare --demo --out demo-results
 
 test: $(STAMP)

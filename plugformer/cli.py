@@ -320,6 +320,10 @@ _register_external(
     "plugformer.compare.cli", "ARGUMENTS", "run_compare_command",
 )
 _register_external(
+    "report", "Rebuild report.html of a comparison from its runs.jsonl.",
+    "plugformer.compare.cli", "REPORT_ARGUMENTS", "run_report_command",
+)
+_register_external(
     "train", "Train a model: one process, or DDP / FSDP2 under torchrun.",
     "plugformer.train.cli", "ARGUMENTS", "run_train_command",
 )

@@ -3,9 +3,9 @@
 ::
 
     import plugformer
-    result = plugformer.compare("transformer_tiny(attn={dense, fused})", task="copy", steps=300)
-    print(result.table())
-    result.save("results/")
+    result = plugformer.compare("transformer_tiny(attn={dense, fused})", task="copy", steps=300,
+                                lr=[1e-3, 3e-3], seeds=3, out="results/")
+    print(result.table())        # mean ± 95% interval over seeds, rate chosen on validation, marks
 
 The task interface (`Task`, the batches, ``IGNORE_INDEX``, `EvalResult`) and `make_task` live in
 :mod:`plugformer.tasks`; they are re-exported here, where they were first defined.
@@ -23,11 +23,12 @@ from typing import Any
 
 from plugformer.compare.flops import count_flops
 from plugformer.compare.result import Comparison, EvalResult, VariantResult
-from plugformer.compare.runner import CompareError, Progress, compare
+from plugformer.compare.runner import CompareError, Interrupted, Progress, compare
 from plugformer.tasks import IGNORE_INDEX, Example, LMBatch, Seq2SeqBatch, Task, make_task
 
 __all__ = [
-    "IGNORE_INDEX", "CompareError", "Comparison", "EvalResult", "Example", "LMBatch", "Progress",
+    "IGNORE_INDEX", "CompareError", "Comparison", "EvalResult", "Example", "Interrupted", "LMBatch",
+    "Progress",
     "Seq2SeqBatch", "Task", "VariantResult", "compare", "count_flops", "make_task",
 ]
 

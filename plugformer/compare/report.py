@@ -84,7 +84,10 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
 
     Per (variant, rate, seed) the run with the most steps is kept (a search's last rung). The
     rate is the one with the best mean over seeds of ``val_<primary>`` when every rate of the
-    variant recorded it, else of the primary metric itself (and the note says so).
+    variant that finished a run recorded it (a rate whose runs all failed is never chosen),
+    else of the primary metric itself (and the note says so). A tie (every rate at 0% exact
+    match, say) goes to the lower mean loss on the same split. Under a search, a rate that was
+    given more steps (a survivor) comes before one stopped earlier.
 
     Returns:
         (variant -> chosen runs in seed order, variant -> how its rate was chosen).
@@ -101,13 +104,19 @@ def choose_runs(records: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
     for variant, rates in by_rate.items():
         primary = next(r.primary for runs in rates.values() for r in runs) or ""
         validation = f"val_{primary}"
-        on_val = all(any(validation in r.metrics for r in runs) for runs in rates.values())
+        on_val = all(any(validation in r.metrics for r in runs) for runs in rates.values()
+                     if any(r.status == "ok" for r in runs))  # a rate that only failed has none
         metric = validation if on_val else primary
         sign = 1.0 if higher_is_better(primary) else -1.0
 
-        def score(lr: str) -> float:
-            mean = interval([r.metrics.get(metric) for r in rates[lr] if r.status == "ok"]).mean
+        loss = f"{'val_' if on_val else ''}loss@{primary.partition('@')[2]}"
+
+        def mean_of(lr: str, key: str, sign: float) -> float:
+            mean = interval([r.metrics.get(key) for r in rates[lr] if r.status == "ok"]).mean
             return -math.inf if math.isnan(mean) else sign * mean
+
+        def score(lr: str) -> tuple[int, float, float]:
+            return max(r.steps for r in rates[lr]), mean_of(lr, metric, sign), mean_of(lr, loss, -1.0)
 
         best = max(rates, key=score)
         chosen[variant] = sorted(rates[best], key=lambda r: r.seed)

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 import attrs
 
+from plugformer.compare.store import RUN_FORMAT, RunRecord
 from plugformer.tasks.metrics import EvalResult
 
 __all__ = ["EvalResult", "VariantResult", "Comparison", "FORMAT"]
@@ -47,6 +48,11 @@ class VariantResult:
         train_s, eval_s: wall-clock seconds of training and of evaluation.
         losses: training loss of every step.
         evals: held-out scores per length, the training length first.
+        lr: the peak learning rate the row is reported at (chosen on the validation split when
+            the comparison had a grid), or None before any run finished.
+        lr_choice: how it was chosen, e.g. ``best of 3 on val_exact_match@16``.
+        seeds: the seeds of the runs the row summarises; the scalar fields above are the
+            first seed's, the table of a multi-seed comparison gives means and intervals.
     """
 
     index: int
@@ -69,6 +75,9 @@ class VariantResult:
     eval_s: Optional[float] = None
     losses: list[float] = attrs.field(factory=list)
     evals: list[EvalResult] = attrs.field(factory=list)
+    lr: Optional[float] = None
+    lr_choice: Optional[str] = None
+    seeds: list[int] = attrs.field(factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,8 +106,11 @@ class Comparison:
         task: the task as a spec, e.g. ``copy(length=16, vocab=64)``.
         primary_metric: ``exact_match`` or ``accuracy``: the score the table leads with.
         lengths: the evaluated lengths, the training length first.
-        settings: steps, batch, lr, seed, device, timing repeats, memory method, versions,
-            wall-clock seconds of the whole comparison.
+        settings: steps, batch, lr (a rate or the grid), seed, seeds, budget, target, device,
+            timing repeats, memory method, versions, wall-clock seconds of the whole comparison.
+        runs: every run (`plugformer.compare.store.RunRecord`): each seed, rate and rung.
+        search: what a budgeted search did (`plugformer.compare.search.successive_halving`),
+            or {} without one.
     """
 
     rows: list[VariantResult]
@@ -106,6 +118,15 @@ class Comparison:
     primary_metric: str = "exact_match"
     lengths: list[int] = attrs.field(factory=list)
     settings: dict[str, Any] = attrs.field(factory=dict)
+    runs: list[RunRecord] = attrs.field(factory=list)
+    search: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def detailed(self) -> bool:
+        """Whether the table is the seed-aware one: several seeds or rates, a budget or a target."""
+        lr = self.settings.get("lr")
+        return bool(self.runs) and (self.settings.get("seeds", 1) > 1 or isinstance(lr, list)
+                                    or bool(self.search) or self.settings.get("target") is not None)
 
     # ------------------------------------------------------------------ table
 
@@ -142,7 +163,12 @@ class Comparison:
         """
         if fmt not in ("text", "markdown"):
             raise ValueError(f"fmt must be 'text' or 'markdown', got {fmt!r}")
-        columns = self._columns()
+        if self.detailed:
+            from plugformer.compare.summary import table_lines
+
+            columns, footnotes = table_lines(self)
+        else:
+            columns, footnotes = self._columns(), []
         headers = [name for name, _ in columns]
         body = [list(cells) for cells in zip(*(values for _, values in columns))]
         if fmt == "markdown":
@@ -158,8 +184,10 @@ class Comparison:
             lines = [line(headers), line(["-" * w for w in widths])] + [line(row) for row in body]
         header = f"task: {self.task}"
         if self.settings:
-            keys = ("steps", "batch", "lr", "seed", "device")
-            header += "; " + ", ".join(f"{k} {self.settings[k]}" for k in keys if k in self.settings)
+            keys = ("steps", "batch", "lr", "seed", "seeds", "budget", "device")
+            shown = [k for k in keys if self.settings.get(k) is not None
+                     and not (k == "seeds" and self.settings[k] == 1)]
+            header += "; " + ", ".join(f"{k} {self.settings[k]}" for k in shown)
         notes = [f"- {row.label}: {row.error}" for row in self.rows if not row.ok]
         repeats = self.settings.get("timing_repeats")
         legend = ("FLOPs: matrix products of one forward on a training batch; ms: median of "
@@ -167,7 +195,7 @@ class Comparison:
                   "forward+backward holds beyond the weights; "
                   + ("EM: exact match" if self.primary_metric == "exact_match" else "acc: answer accuracy")
                   + " on held-out examples at each length")
-        text = "\n".join([header, ""] + lines + ["", legend])
+        text = "\n".join([header, ""] + lines + ["", legend] + footnotes)
         if notes:
             text += "\n\nfailed:\n" + "\n".join(notes)
         return text + "\n"
@@ -227,8 +255,10 @@ class Comparison:
             raise ValueError(f"not a plugformer comparison (expected format {FORMAT!r})")
         rows = [VariantResult(**{**row, "evals": [EvalResult(**e) for e in row["evals"]]})
                 for row in data["rows"]]
+        runs = [RunRecord.from_dict({"format": RUN_FORMAT, **run}) for run in data.get("runs", [])]
         return cls(rows=rows, task=data["task"], primary_metric=data["primary_metric"],
-                   lengths=data["lengths"], settings=data["settings"])
+                   lengths=data["lengths"], settings=data["settings"], runs=runs,
+                   search=data.get("search", {}))
 
     # ------------------------------------------------------------------ plot / save
 
@@ -250,10 +280,11 @@ class Comparison:
         return path
 
     def save(self, directory: Union[str, os.PathLike]) -> dict[str, Path]:
-        """Write ``table.md``, ``results.csv``, ``results.json`` and ``comparison.png`` into
-        ``directory`` (created if needed); returns their paths by kind.
+        """Write ``table.md``, ``results.csv``, ``results.json``, ``comparison.png`` and, when
+        the comparison has its runs, ``report.html`` into ``directory`` (created if needed);
+        returns their paths by kind.
 
-        The PNG is skipped, with a warning, when matplotlib is not installed.
+        The figures are skipped, with a warning, when matplotlib is not installed.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -264,9 +295,16 @@ class Comparison:
         self.to_json(paths["json"])
         try:
             paths["plot"] = self.plot(directory / "comparison.png")
+            if self.runs:
+                from plugformer.compare.report import write_report
+                from plugformer.compare.search import annotate
+
+                paths["report"] = write_report(annotate(self.runs, self.search),
+                                               directory / "report.html",
+                                               target=self.settings.get("target"))
         except ImportError as err:
             import warnings
-            warnings.warn(f"comparison.png not written: {err}", stacklevel=2)
+            warnings.warn(f"figures not written: {err}", stacklevel=2)
         return paths
 
 

@@ -16,6 +16,10 @@ redraw eval-split examples and the held-out set redraws training-split ones, so 
 seeds, no held-out example is ever trained on. Since the answer is a function of the source,
 disjoint sources mean disjoint examples.
 
+A validation set (`Task.validation_batches`), for choosing settings such as the learning rate,
+is carved from the training side: training-split examples drawn from a seed of their own, so the
+reported eval split is never used to choose anything.
+
 Shape legend: B batch, S source length, T target length, L sequence length (``lm``).
 """
 
@@ -39,6 +43,8 @@ IGNORE_INDEX = -100
 SPLIT_BUCKETS = 8
 _HASH_MODULUS = 1_000_003
 _MAX_REDRAWS = 100
+#: Offset of the validation set's seed, beyond any ``(seed, step)`` seed a training batch uses.
+_VALIDATION_SEED = 2**62
 
 
 @attrs.frozen
@@ -237,6 +243,26 @@ class Task(ABC):
         if key not in self._eval_cache:
             generator = torch.Generator().manual_seed(self.eval_seed * 7919 + int(length))
             self._eval_cache[key] = self._draw(int(length), self.eval_size, generator, held_out=True)
+        example = self._eval_cache[key]
+        return [
+            self.layout(Example(example.source[i:i + batch_size], example.answer[i:i + batch_size]), kind)
+            for i in range(0, self.eval_size, batch_size)
+        ]
+
+    def validation_batches(self, length: int, kind: str, *, batch_size: int = 256) -> list[Batch]:
+        """A fixed validation set at ``length``: ``eval_size`` examples of the *training* split,
+        drawn from a seed of their own (not the eval set's, not a training batch's), in batches
+        of at most ``batch_size``.
+
+        For choosing settings (a learning rate, which candidate a search keeps) without looking
+        at the reported eval split, which stays untouched. Since these are training-split
+        examples, a training batch may contain one of them by chance (never for a long sequence
+        over a large vocabulary; say so when the input space is tiny).
+        """
+        key = (int(length), f"validation:{kind}")
+        if key not in self._eval_cache:
+            generator = torch.Generator().manual_seed(self.eval_seed * 7919 + int(length) + _VALIDATION_SEED)
+            self._eval_cache[key] = self._draw(int(length), self.eval_size, generator, held_out=False)
         example = self._eval_cache[key]
         return [
             self.layout(Example(example.source[i:i + batch_size], example.answer[i:i + batch_size]), kind)

@@ -28,7 +28,7 @@ def test_runs_prints_the_table_and_writes_the_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "attn=dense" in printed and "attn=fused" in printed and "EM@8" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "comparison.png", "results.csv", "results.json", "table.md"]
+        "comparison.png", "report.html", "results.csv", "results.json", "runs.jsonl", "table.md"]
     result = Comparison.from_json(out / "results.json")
     assert result.settings["steps"] == 3 and result.lengths == [6, 8]
 

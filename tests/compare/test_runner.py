@@ -218,7 +218,7 @@ def test_compile_compiles_every_block(monkeypatch):
     counters.clear()
     result = compare(SMALL, TASK, steps=2, batch=4, timing_repeats=1, compile=True)
     assert result.rows[0].ok, result.rows[0].error
-    assert compiled == [2]  # one encoder and one decoder block
+    assert compiled == [2, 2]  # one encoder and one decoder block: the measured model, the run's
     assert counters["stats"]["unique_graphs"] > 0
     assert result.settings["compile"] is True
     torch._dynamo.reset()
