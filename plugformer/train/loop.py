@@ -35,7 +35,7 @@ from torch import nn
 from plugformer.registry.registry import Registry
 from plugformer.registry.spec import Spec
 from plugformer.tasks.base import Task
-from plugformer.tasks.metrics import EvalResult
+from plugformer.tasks.metrics import EvalResult, eval_line
 from plugformer.train import checkpoint
 from plugformer.train.data import BatchPlan, input_tokens
 from plugformer.train.distributed import (FSDP_USEFUL_PARAMS, STRATEGIES, Dist, agree,
@@ -278,8 +278,7 @@ def train(
         checkpoint.export(wrapped, model_path, where, registry=registry)
         evals = evaluate(wrapped, the_task, where, precision=precision) if evaluate_at_end else []
         for result in evals:
-            reporter.say(f"eval at length {result.length}: accuracy {result.accuracy:.4f}, "
-                         f"exact match {result.exact_match:.4f}, loss {result.loss:.4f}")
+            reporter.say(f"eval at length {result.length}: {eval_line(result)}")
     result = TrainResult(
         out=out, model_path=model_path, losses=losses, start_step=start, steps=steps,
         world=where.world, strategy=strategy, evals=evals,
