@@ -200,7 +200,7 @@ def train(
     Args:
         spec: the model; its vocabulary and ``max_len`` are set from the task.
         out: folder for ``metrics.jsonl``, ``loss.png``, ``checkpoints/``, ``model.safetensors``
-            and ``summary.json`` (on a filesystem every node sees, for multi-node runs).
+            (with the task's tokenizer on ``text``) and ``summary.json`` (on a filesystem every node sees, for multi-node runs).
         task: a registered task by name or spec (``"copy"``, ``"mqar(pairs=8)"``) or a `Task`.
         steps: optimiser steps in all (a resumed run continues up to it).
         batch: the global batch: examples per optimiser step over all ranks and micro-batches;
@@ -275,7 +275,8 @@ def train(
             if stop_after and done == stop_after:
                 os._exit(STOPPED_EXIT_CODE)
         model_path = out / MODEL_FILE
-        checkpoint.export(wrapped, model_path, where, registry=registry)
+        checkpoint.export(wrapped, model_path, where, registry=registry,
+                          tokenizer=getattr(the_task, "tokenizer", None))
         evals = evaluate(wrapped, the_task, where, precision=precision) if evaluate_at_end else []
         for result in evals:
             reporter.say(f"eval at length {result.length}: {eval_line(result)}")
