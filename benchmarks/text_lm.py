@@ -3,9 +3,10 @@
 Ours is ``gpt_tiny(bias=false)`` (2 pre-LN layers, d_model 64, 4 heads, GELU FFN 256, learned
 positions, tied embeddings, no attention biases) with the byte vocabulary (257 ids); theirs is
 x-transformers' ``TransformerWrapper(num_tokens=257, max_seq_len=context, tie_embedding=True,
-attn_layers=Decoder(dim=64, depth=2, heads=4, attn_dim_head=16))``: the same shape (its default
-head width of 64 would make the attention 4x wider than d_model; its LayerNorms have no bias, so
-it has 320 parameters fewer). Both train side by side on
+attn_layers=Decoder(dim=64, depth=2, heads=4, attn_dim_head=16, attn_flash=True))``: the same
+shape (its default head width of 64 would make the attention 4x wider than d_model; its
+LayerNorms have no bias, so it has 320 parameters fewer), and PyTorch's SDPA kernel as our
+``fused`` attention (``--no-flash``: its default, einsum attention). Both train side by side on
 ``text(corpus=stdlib)``: at every step both take the same batch, the same AdamW, learning rate
 (5% warm-up, cosine to zero) and clipping; the order alternates every step, so drifts in machine
 load hit both alike. The first ``--warmup`` steps are not timed.
@@ -50,10 +51,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-flash", action="store_true",
+                        help="x-transformers' default einsum attention instead of SDPA")
     return parser.parse_args()
 
 
-def theirs_model(vocab: int, context: int) -> nn.Module:
+def theirs_model(vocab: int, context: int, flash: bool = True) -> nn.Module:
     """x-transformers' decoder of gpt_tiny's shape; exits 2 when x-transformers is missing."""
     try:
         from x_transformers import Decoder, TransformerWrapper
@@ -62,7 +65,8 @@ def theirs_model(vocab: int, context: int) -> nn.Module:
               "pip install 'plugformer[bench]' (or pip install x-transformers)", file=sys.stderr)
         raise SystemExit(2) from None
     return TransformerWrapper(num_tokens=vocab, max_seq_len=context, tie_embedding=True,
-                              attn_layers=Decoder(dim=64, depth=2, heads=4, attn_dim_head=16))
+                              attn_layers=Decoder(dim=64, depth=2, heads=4, attn_dim_head=16,
+                                                  attn_flash=flash))
 
 
 def cosine(step: int, steps: int) -> float:
@@ -110,7 +114,7 @@ def main() -> None:
     ours = build(f"gpt_tiny(vocab={task.vocab_size}, max_len={args.context}, bias=false)",
                  device=device)
     torch.manual_seed(args.seed)
-    theirs = theirs_model(task.vocab_size, args.context).to(device)
+    theirs = theirs_model(task.vocab_size, args.context, flash=not args.no_flash).to(device)
     models = {"ours": ours, "x-transformers": theirs}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.01)
                   for name, m in models.items()}
@@ -131,6 +135,7 @@ def main() -> None:
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     print(f"text(corpus=stdlib, context={args.context}), batch {args.batch}, {args.steps} steps "
           f"({args.warmup} untimed), lr {args.lr}, {args.threads} thread(s) on {device}, "
+          f"x-transformers attention {'einsum' if args.no_flash else 'SDPA'}, "
           f"load average {os.getloadavg()[0]:.2f}")
     for name, model in models.items():
         loss, bpb = validation(model, task, device)

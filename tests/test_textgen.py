@@ -7,6 +7,7 @@ References: the ids ``model.generate`` returns, decoded by hand from the tokeniz
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -91,8 +92,10 @@ def test_generate_text_needs_a_tokenizer_and_a_language_model():
 def test_a_trained_text_model_reloads_and_generates_the_same_text(tmp_path, capsys):
     result = train("gpt_tiny(dropout=0.0)", out=tmp_path / "run",
                    task="text(corpus=stdlib, context=32, eval_size=4)", steps=3, batch=4,
-                   progress=False, evaluate_at_end=False)
-    capsys.readouterr()
+                   progress=False)
+    (score,) = result.evals
+    assert score.bits_per_byte == pytest.approx(score.loss / math.log(2))  # a byte per token
+    assert f"bits per byte {score.bits_per_byte:.4f}" in "".join(capsys.readouterr())
     first, second = load(result.model_path), load(result.model_path)
     assert isinstance(first.tokenizer, ByteTokenizer)  # train saved it
     options = dict(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=11)
