@@ -264,8 +264,11 @@ def build_model(args: argparse.Namespace) -> int:
 
 @command("generate")
 @argument("checkpoint", metavar="CHECKPOINT", help="a file written by plugformer.save")
-@argument("--input", "-i", required=True, action="append",
+@argument("--input", "-i", action="append",
           help="token ids, comma-separated (repeat for a batch): the source (encdec) or prompt (lm)")
+@argument("--text", default=None,
+          help="a text prompt (lm models saved with their tokenizer, e.g. by plugformer train on "
+               "a text task): prints the prompt and what the model writes after it")
 @argument("--max-new-tokens", "-n", type=int, default=32)
 @argument("--bos-id", type=int, default=1, help="first decoder token of encdec models")
 @argument("--eos-id", type=int, default=None)
@@ -275,10 +278,15 @@ def build_model(args: argparse.Namespace) -> int:
 @argument("--beams", type=int, default=1)
 @argument("--seed", type=int, default=None)
 def generate_tokens(args: argparse.Namespace) -> int:
-    """Generate tokens with a saved model (one output line of ids per input)."""
+    """Generate with a saved model: one line of ids per --input, or decoded text for --text."""
     from plugformer.io import load
 
+    if (args.input is None) == (args.text is None):
+        raise ValueError("give either --input (token ids) or --text (a prompt), "
+                         + ("not both" if args.input else "got neither"))
     model = load(args.checkpoint, registry=args.registry).eval()
+    if args.text is not None:
+        return _generate_text(model, args)
     ids, padding = model.pad_inputs([_token_ids(text) for text in args.input])
     if model.kind == "lm":
         start = {"prompt_padding_mask": padding}
@@ -290,6 +298,22 @@ def generate_tokens(args: argparse.Namespace) -> int:
     )
     for row in out.tolist():
         print(",".join(map(str, row)))
+    return 0
+
+
+def _generate_text(model: Any, args: argparse.Namespace) -> int:
+    from plugformer.textgen import generate_text
+
+    if args.beams != 1 or args.eos_id is not None:
+        raise ValueError("--text samples or decodes greedily up to end-of-text: drop --beams "
+                         "and --eos-id, or give --input token ids")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError(f"{args.checkpoint} was saved without a tokenizer, so --text cannot "
+                         "encode a prompt: give --input token ids, or save the model with "
+                         "plugformer.save(model, path, tokenizer=task.tokenizer)")
+    print(generate_text(model, args.text, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        seed=args.seed, include_prompt=True))
     return 0
 
 

@@ -31,6 +31,8 @@ from plugformer.registry.registry import Registry, UnknownPartError, default_reg
 from plugformer.registry.spec import PerLayer, Spec, format_spec, parse
 
 FORMAT = "plugformer/1"
+#: The metadata key of the tokenizer saved with a model (JSON of ``Tokenizer.to_dict()``).
+TOKENIZER_KEY = "plugformer.tokenizer"
 
 
 class CheckpointError(ValueError):
@@ -42,11 +44,15 @@ class CheckpointSkewWarning(UserWarning):
     saved value is used)."""
 
 
-def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = None) -> Path:
+def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = None,
+         tokenizer: Optional[Any] = None) -> Path:
     """Write ``model``'s weights and spec to ``path`` (safetensors). Returns the path.
 
     ``registry``: the one the model was built from (default: the default registry); the file
     records which plugin supplied each part, so that loading can name a missing one.
+    ``tokenizer``: a `plugformer.tasks.tokenizers.Tokenizer` (the text task's) stored with the
+    model as the JSON of its ``to_dict()`` (settings, and a BPE's vocabulary and merges); `load`
+    gives it back as ``model.tokenizer``. Default: none.
     """
     from plugformer import __version__
 
@@ -63,6 +69,8 @@ def save(model: nn.Module, path: str | Path, *, registry: Optional[Registry] = N
         "plugformer.defaults": json.dumps(_defaults_of(spec, registry), sort_keys=True),
         "plugformer.sha256": _digest(model.state_dict()),
     }
+    if tokenizer is not None:
+        metadata[TOKENIZER_KEY] = json.dumps(tokenizer.to_dict(), sort_keys=True)
     save_model(model, str(path), metadata=metadata)
     return path
 
@@ -80,7 +88,8 @@ def load(
     (names, shapes, dtypes) are checked against the spec's model built on the meta device.
     The model is then built without random initialisation and the weights are copied in.
     A part that gained an argument since the file was saved builds with that argument's
-    default; the saved values of all other arguments win.
+    default; the saved values of all other arguments win. A model saved with a tokenizer has it
+    back as ``model.tokenizer`` (e.g. for `plugformer.textgen.generate_text`).
 
     Raises:
         CheckpointError: not a plugformer checkpoint, truncated or tampered, a part or argument
@@ -106,6 +115,8 @@ def load(
     expected = metadata.get("plugformer.sha256")
     if expected and dtype is None and _digest(model.state_dict()) != expected:
         raise CheckpointError(f"{path}: tensor data does not match its checksum (the file was altered)")
+    if TOKENIZER_KEY in metadata:
+        model.tokenizer = _saved_tokenizer(metadata[TOKENIZER_KEY], path)
     return model
 
 
@@ -172,6 +183,15 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }
+
+
+def _saved_tokenizer(text: str, path: Path) -> Any:
+    from plugformer.tasks.tokenizers import tokenizer_from_dict
+
+    try:
+        return tokenizer_from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: its stored tokenizer does not load: {err}") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

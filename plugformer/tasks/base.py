@@ -153,8 +153,9 @@ def split_of(source: Tensor) -> Tensor:
 class Task(ABC):
     """A synthetic task: examples from a seed, laid out for the model kinds it serves.
 
-    Subclasses set ``name``, ``kinds`` and ``primary_metric`` (``"exact_match"`` or
-    ``"accuracy"``), implement `vocab_size`, `max_len_at` and `sample` (random examples of one
+    Subclasses set ``name``, ``kinds`` and ``primary_metric`` (an `EvalResult` attribute:
+    ``"exact_match"``, ``"accuracy"``, or ``"bits_per_byte"`` for text, where lower is better),
+    implement `vocab_size`, `max_len_at` and `sample` (random examples of one
     length), and override `lm_batch` to serve ``lm`` models.
 
     Args:

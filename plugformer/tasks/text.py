@@ -6,17 +6,17 @@ standard library (its exact content, and so every number measured on it, depends
 version). Tokens come from `plugformer.tasks.corpus` (memory-mapped, split by position, built
 once) and `plugformer.tasks.tokenizers` (``bytes``, or ``bpe(vocab=N)`` trained locally).
 
-Scores: loss per token and token accuracy as every task (`EvalResult`), and from them, since the
-held-out windows are fixed, perplexity and bits per byte (`TextTask.scores`): the loss summed over
-the predicted tokens, in bits, divided by the bytes those tokens stand for. Bits per byte compare
-across tokenizers; loss per token does not.
+Scores: every `EvalResult` of this task carries loss per token, perplexity and bits per byte
+(the loss summed over the predicted tokens, in bits, divided by the bytes those tokens stand for:
+the batches carry ``target_bytes``). Bits per byte compare across tokenizers; loss per token does
+not, so bits per byte (lower is better) is the task's primary metric, at the training context and
+at each eval length. `TextTask.scores` recomputes them from a result's mean loss alone.
 
 Shape legend: B windows, L tokens per window.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import ClassVar, Iterable, Literal, Optional, Union
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from plugformer.tasks.base import Example, LMBatch, Task
-from plugformer.tasks.metrics import EvalResult, batch_metrics
+from plugformer.tasks.metrics import EvalResult, batch_metrics, bits_per_byte, perplexity
 from plugformer.hooks import hookimpl
 from plugformer.tasks.corpus import CorpusFile, cache_root, find_files, load_tokens, spec_string, stdlib_files
 from plugformer.tasks.tokenizers import Tokenizer, TokenizerCall
@@ -68,16 +68,9 @@ class TextScores:
     bytes: int
 
 
-def bits_per_byte(loss_sum: float, num_bytes: int) -> float:
-    """Bits per byte from a loss summed over tokens (nats) and the bytes of those tokens."""
-    return loss_sum / max(num_bytes, 1) / math.log(2)
-
-
 def text_metrics(logits: Tensor, batch: TextBatch) -> dict[str, float]:
     """`batch_metrics` of ``logits`` (B, L, V) plus ``bytes``: the bytes of the target tokens."""
-    scores = batch_metrics(logits, batch.targets)
-    scores["bytes"] = int(batch.target_bytes.sum()) if batch.target_bytes is not None else 0
-    return scores
+    return batch_metrics(logits, batch.targets, batch.target_bytes)
 
 
 class TextTask(Task):
@@ -105,7 +98,7 @@ class TextTask(Task):
 
     name = "text"
     kinds: ClassVar[tuple[str, ...]] = ("lm",)
-    primary_metric: ClassVar[str] = "accuracy"
+    primary_metric: ClassVar[str] = "bits_per_byte"
     first_token: ClassVar[int] = 0
 
     def __init__(self, *, files: Optional[list[CorpusFile]] = None, cache: Optional[Path] = None,
@@ -207,7 +200,7 @@ class TextTask(Task):
         """Perplexity and bits per byte of a held-out result of this task (`EvalResult.loss`
         is a mean over the fixed held-out tokens, so their count recovers the sum)."""
         tokens, num_bytes = self.eval_totals(result.length)
-        return TextScores(length=result.length, loss=result.loss, perplexity=math.exp(result.loss),
+        return TextScores(length=result.length, loss=result.loss, perplexity=perplexity(result.loss),
                           bits_per_byte=bits_per_byte(result.loss * tokens, num_bytes),
                           tokens=tokens, bytes=num_bytes)
 

@@ -177,11 +177,13 @@ def load(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path, where: 
     return state
 
 
-def export(model: nn.Module, path: Path, where: Dist, *, registry: Optional[Registry] = None) -> Optional[Path]:
+def export(model: nn.Module, path: Path, where: Dist, *, registry: Optional[Registry] = None,
+           tokenizer: Optional[Any] = None) -> Optional[Path]:
     """Gather the full weights on rank 0 and write them with ``plugformer.save`` to ``path``.
 
     Collective. The weights go into a fresh CPU model built from ``model.spec`` (so the file
-    holds a plain model whatever wrapped this one). Returns the path on rank 0, None elsewhere.
+    holds a plain model whatever wrapped this one), with ``tokenizer`` when given (the text
+    task's). Returns the path on rank 0, None elsewhere.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -196,4 +198,4 @@ def export(model: nn.Module, path: Path, where: Dist, *, registry: Optional[Regi
     with torch.random.fork_rng(devices=[]):
         fresh = build(spec, registry=registry, device="cpu")
     fresh.load_state_dict(full, strict=True)
-    return save_model(fresh, path, registry=registry)
+    return save_model(fresh, path, registry=registry, tokenizer=tokenizer)

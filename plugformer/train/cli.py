@@ -27,6 +27,7 @@ from typing import Any
 import torch.distributed as dist
 
 from plugformer.registry.discovery import PluginError
+from plugformer.tasks.metrics import eval_line
 
 __all__ = ["ARGUMENTS", "add_train_arguments", "run_train_command"]
 
@@ -134,7 +135,6 @@ def run_train_command(args: argparse.Namespace) -> int:
         print(f"steps {result.start_step}->{result.steps}  final loss {final}  "
               f"{result.tokens_per_s:,.0f} tokens/s  {result.wall_s:.1f} s")
         for score in result.evals:
-            print(f"eval length {score.length}: accuracy {score.accuracy:.4f}  "
-                  f"exact match {score.exact_match:.4f}  loss {score.loss:.4f}")
+            print(f"eval length {score.length}: {eval_line(score, sep='  ')}")
         print(f"model: {result.model_path}")
     return 0

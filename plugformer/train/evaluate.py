@@ -39,7 +39,7 @@ def evaluate(model: nn.Module, task: Task, where: Dist = Dist(), *,
                 with autocast(where.device, precision):
                     logits = part.logits(model)
                 if shared or where.is_main:
-                    scores = batch_metrics(logits, part.targets)
+                    scores = batch_metrics(logits, part.targets, getattr(part, "target_bytes", None))
                     totals += torch.tensor([scores[key] for key in METRIC_KEYS],
                                            dtype=torch.float64, device=where.device)
             summed = all_reduce_sum(totals, where).tolist()

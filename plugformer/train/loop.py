@@ -35,7 +35,7 @@ from torch import nn
 from plugformer.registry.registry import Registry
 from plugformer.registry.spec import Spec
 from plugformer.tasks.base import Task
-from plugformer.tasks.metrics import EvalResult
+from plugformer.tasks.metrics import EvalResult, eval_line
 from plugformer.train import checkpoint
 from plugformer.train.data import BatchPlan, input_tokens
 from plugformer.train.distributed import (FSDP_USEFUL_PARAMS, STRATEGIES, Dist, agree,
@@ -200,7 +200,7 @@ def train(
     Args:
         spec: the model; its vocabulary and ``max_len`` are set from the task.
         out: folder for ``metrics.jsonl``, ``loss.png``, ``checkpoints/``, ``model.safetensors``
-            and ``summary.json`` (on a filesystem every node sees, for multi-node runs).
+            (with the task's tokenizer on ``text``) and ``summary.json`` (on a filesystem every node sees, for multi-node runs).
         task: a registered task by name or spec (``"copy"``, ``"mqar(pairs=8)"``) or a `Task`.
         steps: optimiser steps in all (a resumed run continues up to it).
         batch: the global batch: examples per optimiser step over all ranks and micro-batches;
@@ -275,11 +275,11 @@ def train(
             if stop_after and done == stop_after:
                 os._exit(STOPPED_EXIT_CODE)
         model_path = out / MODEL_FILE
-        checkpoint.export(wrapped, model_path, where, registry=registry)
+        checkpoint.export(wrapped, model_path, where, registry=registry,
+                          tokenizer=getattr(the_task, "tokenizer", None))
         evals = evaluate(wrapped, the_task, where, precision=precision) if evaluate_at_end else []
         for result in evals:
-            reporter.say(f"eval at length {result.length}: accuracy {result.accuracy:.4f}, "
-                         f"exact match {result.exact_match:.4f}, loss {result.loss:.4f}")
+            reporter.say(f"eval at length {result.length}: {eval_line(result)}")
     result = TrainResult(
         out=out, model_path=model_path, losses=losses, start_step=start, steps=steps,
         world=where.world, strategy=strategy, evals=evals,

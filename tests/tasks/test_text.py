@@ -197,6 +197,8 @@ def test_bits_per_byte_is_loss_times_tokens_over_bytes(tmp_path, tokenizer):
         expected = result.eval_at(length).loss * tokens / num_bytes / math.log(2)
         assert scores.bits_per_byte == pytest.approx(expected, rel=1e-9)
         assert scores.perplexity == pytest.approx(math.exp(result.eval_at(length).loss))
+        assert result.eval_at(length).bits_per_byte == pytest.approx(expected, rel=1e-9)
+        assert result.eval_at(length).perplexity == pytest.approx(scores.perplexity)
         summed = [text_metrics(batch.logits(model).detach(), batch) for batch in batches]
         assert isinstance(batches[0], TextBatch)
         assert sum(s["bytes"] for s in summed) == num_bytes
@@ -221,6 +223,8 @@ def test_byte_gpt_tiny_learns_the_stdlib():
     assert first > math.log(257) - 0.5  # starts near chance
     assert last < first - 1.5
     assert task.scores(row.eval_at(64)).bits_per_byte < math.log2(257) - 1.5
+    assert task.primary_metric == "bits_per_byte"
+    assert row.eval_at(64).bits_per_byte == pytest.approx(task.scores(row.eval_at(64)).bits_per_byte)
 
 
 @pytest.mark.slow
