@@ -25,12 +25,12 @@ from plugformer.compare.report_figures import cost_figure, length_figure, length
 from plugformer.compare.result import Comparison
 from plugformer.compare.stats import INTERVAL_NOTE, MARKS, compare_to_best, higher_is_better, interval
 from plugformer.compare.store import RunRecord
+from plugformer.tasks.metrics import is_fraction, scores_of
 
 __all__ = ["write_report", "records_from_comparison", "choose_runs"]
 
 _log = logging.getLogger("plugformer")
 RouteMap = Union[bytes, str, os.PathLike]
-_FRACTIONS = ("accuracy", "exact_match")
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px}
@@ -64,8 +64,7 @@ def records_from_comparison(comparison: Comparison) -> list[RunRecord]:
     info_keys = ("device", "torch", "plugformer", "git_commit", "backend")
     records = []
     for row in comparison.rows:
-        metrics = {f"{name}@{e.length}": getattr(e, name) for e in row.evals
-                   for name in ("loss", "accuracy", "exact_match")}
+        metrics = {f"{name}@{e.length}": value for e in row.evals for name, value in scores_of(e).items()}
         if row.final_loss is not None:
             metrics["final_loss"] = row.final_loss
         times = {k: v for k, v in (("train_s", row.train_s), ("eval_s", row.eval_s)) if v is not None}
@@ -172,7 +171,7 @@ def _summary(chosen: dict[str, list[RunRecord]], how: dict[str, str], primary: s
                       for r in ok[variant]]
             summary = interval(values)
             name = metric.partition("@")[0].removeprefix("val_")
-            shown = (summary.format(scale=100, digits=1, unit="%") if name in _FRACTIONS
+            shown = (summary.format(scale=100, digits=1, unit="%") if is_fraction(name)
                      else summary.format(digits=3, significant=True))
             row.append((_e(shown), summary.mean if summary.n else None))
         if target is not None:

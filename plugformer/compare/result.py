@@ -17,11 +17,13 @@ from typing import Any, Optional, Union
 import attrs
 
 from plugformer.compare.store import RUN_FORMAT, RunRecord
-from plugformer.tasks.metrics import EvalResult
+from plugformer.tasks.metrics import SCORES, EvalResult, is_fraction, scores_of, short_name
 
 __all__ = ["EvalResult", "VariantResult", "Comparison", "FORMAT"]
 
 FORMAT = "plugformer.comparison/1"
+_METRIC_LEGEND = {"exact_match": "EM: exact match", "accuracy": "acc: answer accuracy",
+                  "bits_per_byte": "bpb: bits per byte (lower is better)"}
 _MIB = 2**20
 
 
@@ -131,7 +133,8 @@ class Comparison:
     # ------------------------------------------------------------------ table
 
     def _columns(self) -> list[tuple[str, list[str]]]:
-        metric = "EM" if self.primary_metric == "exact_match" else "acc"
+        metric = short_name(self.primary_metric)
+        shown = _percent if is_fraction(self.primary_metric) else (lambda v: _number(v, 1, 4))
         columns: list[tuple[str, list[str]]] = [
             ("variant", [row.label for row in self.rows]),
             ("params", [_count(row.params) for row in self.rows]),
@@ -145,7 +148,7 @@ class Comparison:
             values = []
             for row in self.rows:
                 scores = row.eval_at(length)
-                values.append(_percent(getattr(scores, self.primary_metric) if scores else None))
+                values.append(shown(getattr(scores, self.primary_metric) if scores else None))
             columns.append((f"{metric}@{length}", values))
         if self.primary_metric == "exact_match":  # token accuracy shows how far past it goes
             for length in self.lengths:
@@ -193,7 +196,7 @@ class Comparison:
         legend = ("FLOPs: matrix products of one forward on a training batch; ms: median of "
                   f"{repeats or 'several'} round-robin repeats; peak MiB: most tensor memory one "
                   "forward+backward holds beyond the weights; "
-                  + ("EM: exact match" if self.primary_metric == "exact_match" else "acc: answer accuracy")
+                  + _METRIC_LEGEND.get(self.primary_metric, self.primary_metric)
                   + " on held-out examples at each length")
         text = "\n".join([header, ""] + lines + ["", legend] + footnotes)
         if notes:
@@ -208,23 +211,22 @@ class Comparison:
     def to_csv(self, path: Union[str, os.PathLike, None] = None) -> str:
         """One line per variant with every scalar measured; written to ``path`` if given.
 
-        Per-length scores are columns ``loss@L``, ``accuracy@L`` and ``exact_match@L``; the loss
-        curves are in the JSON only.
+        Per-length scores are columns ``name@L`` for each name of `tasks.metrics.SCORES` (``loss``,
+        ``accuracy``, ``exact_match``, ``perplexity``, ``bits_per_byte``; empty where the task has
+        no such score); the loss curves are in the JSON only.
         """
         fields = ["index", "label", "spec", "kind", "status", "error", "params", "flops_fwd",
                   "flops_fwd_bwd", "time_fwd_s", "time_fwd_bwd_s", "mem_fwd_bytes",
                   "mem_fwd_bwd_bytes", "steps_done", "train_s", "eval_s", "final_loss"]
         for length in self.lengths:
-            fields += [f"loss@{length}", f"accuracy@{length}", f"exact_match@{length}"]
+            fields += [f"{name}@{length}" for name in SCORES]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             record = {name: getattr(row, name) for name in fields if "@" not in name}
             for scores in row.evals:
-                record.update({f"loss@{scores.length}": scores.loss,
-                               f"accuracy@{scores.length}": scores.accuracy,
-                               f"exact_match@{scores.length}": scores.exact_match})
+                record.update({f"{name}@{scores.length}": value for name, value in scores_of(scores).items()})
             writer.writerow({k: "" if v is None else v for k, v in record.items() if k in fields})
         text = out.getvalue()
         if path is not None:

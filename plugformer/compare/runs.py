@@ -22,7 +22,7 @@ from plugformer.compare.store import RunPlan, RunRecord
 from plugformer.registry.builder import build
 from plugformer.registry.registry import Registry
 from plugformer.tasks.base import Batch, Task
-from plugformer.tasks.metrics import METRIC_KEYS, batch_metrics, eval_result
+from plugformer.tasks.metrics import METRIC_KEYS, batch_metrics, eval_result, scores_of
 from plugformer.train.data import BatchPlan
 from plugformer.train.distributed import Dist
 from plugformer.train.evaluate import evaluate
@@ -59,7 +59,7 @@ def curve_steps(steps: int, points: int) -> list[int]:
 
 def _score(model: nn.Module, batches: list[Batch], length: int, device: torch.device,
            precision: str) -> dict[str, float]:
-    """``loss``, ``accuracy`` and ``exact_match`` of ``model`` on ``batches``."""
+    """The scores (`tasks.metrics.SCORES`) of ``model`` on ``batches``."""
     totals = dict.fromkeys(METRIC_KEYS, 0.0)
     was_training = model.training
     model.eval()
@@ -68,11 +68,10 @@ def _score(model: nn.Module, batches: list[Batch], length: int, device: torch.de
             batch = batch.to(device)
             with autocast(device, precision):
                 logits = batch.logits(model)
-            for key, value in batch_metrics(logits, batch.targets).items():
+            for key, value in batch_metrics(logits, batch.targets, getattr(batch, "target_bytes", None)).items():
                 totals[key] += value
     model.train(was_training)
-    result = eval_result(length, totals)
-    return {"loss": result.loss, "accuracy": result.accuracy, "exact_match": result.exact_match}
+    return scores_of(eval_result(length, totals))
 
 
 def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str,
@@ -145,8 +144,8 @@ def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str
         notify("eval", step=plan.steps)
         tick = time.perf_counter()
         for scores in evaluate(model, task, where, precision=settings.precision):
-            record.metrics.update({f"{name}@{scores.length}": getattr(scores, name)
-                                   for name in ("loss", "accuracy", "exact_match")})
+            record.metrics.update({f"{name}@{scores.length}": value
+                                   for name, value in scores_of(scores).items()})
         validation = _score(model, task.validation_batches(length, model.kind), length, device,
                             settings.precision)
         record.metrics.update({f"val_{name}@{length}": value for name, value in validation.items()})

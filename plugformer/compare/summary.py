@@ -17,7 +17,7 @@ from plugformer.compare.cost import cost_to_reach
 from plugformer.compare.report import choose_runs
 from plugformer.compare.stats import INTERVAL_NOTE, MARKS, Interval, compare_to_best, higher_is_better, interval
 from plugformer.compare.store import RunRecord
-from plugformer.tasks.metrics import EvalResult
+from plugformer.tasks.metrics import SCORES, is_fraction, result_from_scores, short_name
 
 __all__ = ["reported_runs", "rows_from_runs", "table_lines", "verdicts"]
 
@@ -60,9 +60,8 @@ def rows_from_runs(rows: Sequence[Any], records: Sequence[RunRecord],
         row.train_s, row.eval_s = first.times.get("train_s"), first.times.get("eval_s")
         lengths = sorted({int(k.rpartition("@")[2]) for k in first.metrics
                           if "@" in k and not k.startswith("val_")})
-        row.evals = [EvalResult(length, first.metrics[f"loss@{length}"],
-                                first.metrics[f"accuracy@{length}"],
-                                first.metrics[f"exact_match@{length}"])
+        row.evals = [result_from_scores(length, {name: first.metrics.get(f"{name}@{length}")
+                                                 for name in SCORES})
                      for length in lengths if f"loss@{length}" in first.metrics]
 
 
@@ -110,7 +109,8 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
             return f"{verdict.mark} ({p})"
         return "n/a" if verdict.mark == "not enough seeds" else verdict.mark
 
-    metric = "EM" if comparison.primary_metric == "exact_match" else "acc"
+    metric = short_name(comparison.primary_metric)
+    percent = is_fraction(comparison.primary_metric)
     columns: list[tuple[str, list[str]]] = [
         ("variant", [row.label for row in rows]),
         ("mark", [mark(row) for row in rows]),
@@ -125,13 +125,13 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
     for length in comparison.lengths:
         key = f"{comparison.primary_metric}@{length}"
         columns.append((f"{metric}@{length}",
-                        [_fmt(over(row, lambda r, k=key: r.metrics.get(k)), percent=True) for row in rows]))
+                        [_fmt(over(row, lambda r, k=key: r.metrics.get(k)), percent=percent) for row in rows]))
     if comparison.primary_metric == "exact_match":
         for length in comparison.lengths:
             key = f"accuracy@{length}"
             columns.append((f"tok acc@{length}",
                             [_fmt(over(row, lambda r, k=key: r.metrics.get(k)), percent=True) for row in rows]))
-    columns.append((f"val {metric}", [_fmt(over(row, lambda r: r.metrics.get(f"val_{primary}")), percent=True)
+    columns.append((f"val {metric}", [_fmt(over(row, lambda r: r.metrics.get(f"val_{primary}")), percent=percent)
                                       for row in rows]))
     if target is not None:
         for name, attribute in (("steps", "step"), ("s", "seconds"), ("FLOPs", "flops")):

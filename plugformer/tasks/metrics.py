@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from plugformer.tasks.base import IGNORE_INDEX
 
-__all__ = ["EvalResult", "METRIC_KEYS", "batch_metrics", "eval_result", "eval_line", "bits_per_byte",
-           "perplexity"]
+__all__ = ["EvalResult", "METRIC_KEYS", "SCORES", "batch_metrics", "eval_result", "eval_line",
+           "bits_per_byte", "perplexity", "scores_of", "result_from_scores", "is_fraction", "short_name"]
 
 #: The keys of `batch_metrics`, in a fixed order (for summing them as one tensor across ranks).
 METRIC_KEYS = ("loss_sum", "tokens", "correct", "rows", "exact", "bytes")
@@ -100,6 +100,35 @@ def eval_result(length: int, totals: Mapping[str, float]) -> EvalResult:
                       exact_match=totals["exact"] / max(totals["rows"], 1),
                       perplexity=perplexity(loss),
                       bits_per_byte=bits_per_byte(totals["loss_sum"], int(num_bytes)) if num_bytes else None)
+
+
+#: The scores an `EvalResult` holds, by name: a run's record stores each as ``name@length``.
+SCORES = ("loss", "accuracy", "exact_match", "perplexity", "bits_per_byte")
+
+_SHORT = {"exact_match": "EM", "accuracy": "acc", "bits_per_byte": "bpb", "perplexity": "ppl",
+          "loss": "loss"}
+
+
+def scores_of(result: EvalResult) -> dict[str, float]:
+    """``result``'s scores by name (`SCORES`), leaving out those the task does not have."""
+    return {name: getattr(result, name) for name in SCORES if getattr(result, name) is not None}
+
+
+def result_from_scores(length: int, scores: Mapping[str, float]) -> EvalResult:
+    """The `EvalResult` at ``length`` back from `scores_of`'s dict (perplexity recomputed
+    from the loss when absent, as in records written before it existed)."""
+    known = {name: scores[name] for name in SCORES if scores.get(name) is not None}
+    return EvalResult(length=length, **known)
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether ``metric`` (a name of `SCORES`) is a share, shown as a percentage."""
+    return metric in ("accuracy", "exact_match")
+
+
+def short_name(metric: str) -> str:
+    """The column name of ``metric`` in tables: ``EM``, ``acc``, ``bpb``, ``ppl``, ``loss``."""
+    return _SHORT.get(metric, metric)
 
 
 def eval_line(result: EvalResult, sep: str = ", ") -> str:

@@ -34,6 +34,9 @@ from plugformer.tasks.tokenizers import Tokenizer, TokenizerCall
 __all__ = ["TextTask", "TextBatch", "TextScores", "text", "text_metrics", "bits_per_byte"]
 
 #: Most tokens in one held-out batch (rows x length): bounds the (B, L, V) logits of eval.
+#: Seed of the validation windows (training range), apart from every training batch's seed.
+VALIDATION_SEED = 0x7A11D
+
 EVAL_BATCH_TOKENS = 16384
 
 
@@ -175,7 +178,22 @@ class TextTask(Task):
         if key not in self._eval_cache:
             windows = self._windows(self.data.val, self.eval_starts(length), length)
             self._eval_cache[key] = Example(windows[:, :-1], windows[:, 1:])
-        example = self._eval_cache[key]
+        return self._batches(self._eval_cache[key], length, batch_size)
+
+    def validation_batches(self, length: int, kind: str, *, batch_size: int = 256) -> list[TextBatch]:
+        """``eval_size`` windows of the *training* range at ``length``, drawn from a seed of their
+        own: for choosing settings (a learning rate) without reading the held-out range, which
+        stays for the reported scores."""
+        if kind not in self.kinds:
+            raise ValueError(f"task 'text' serves lm models, not {kind!r}")
+        key = (int(length), "text:validation")
+        if key not in self._eval_cache:
+            generator = torch.Generator().manual_seed(VALIDATION_SEED + int(length))
+            self._eval_cache[key] = self.sample(int(length), self.eval_size, generator)
+        return self._batches(self._eval_cache[key], length, batch_size)
+
+    def _batches(self, example: Example, length: int, batch_size: int) -> list[TextBatch]:
+        """``example`` in batches of at most ``EVAL_BATCH_TOKENS`` tokens."""
         rows = max(1, min(batch_size, EVAL_BATCH_TOKENS // length))
         return [self._text_batch(example.source[i:i + rows], example.answer[i:i + rows])
                 for i in range(0, example.source.shape[0], rows)]

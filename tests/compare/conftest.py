@@ -12,7 +12,7 @@ class BlindAttention(AttentionKernel):
     """Ignores the queries and keys: every query gets the mean of the values, so no position can
     tell which token to copy."""
 
-    def forward(self, q, k, v, *, mask=None, causal=False, bias=None):
+    def forward(self, q, k, v, *, mask=None, causal=False, score_bias=None):
         return v.mean(dim=-2, keepdim=True).expand(*v.shape[:-2], q.shape[-2], v.shape[-1])
 
 

@@ -165,6 +165,23 @@ def test_batches_are_a_function_of_seed_and_step():
     assert torch.equal(a.ids, task.batch(0, 8, kind="lm", generator=generator).ids)
 
 
+def test_validation_windows_come_from_the_training_range_with_their_bytes(tmp_path):
+    """Choosing a learning rate reads training-range windows (never the held-out range), and
+    they carry bytes, so a text comparison chooses on validation bits per byte."""
+    _random_files(tmp_path / "data", [3000, 5000])
+    task = text(path=str(tmp_path / "data"), context=16, eval_size=24)
+    train, val = _windows(task.data.train, 17), _windows(task.data.val, 17)
+    batches = task.validation_batches(16, "lm")
+    assert sum(b.ids.shape[0] for b in batches) == 24
+    for batch in batches:
+        assert isinstance(batch, TextBatch) and torch.equal(batch.target_bytes, torch.ones_like(batch.targets))
+        for ids, targets in zip(batch.ids.tolist(), batch.targets.tolist()):
+            window = tuple(ids + targets[-1:])
+            assert window in train and window not in val
+    assert torch.equal(batches[0].ids, text(path=str(tmp_path / "data"), context=16, eval_size=24)
+                       .validation_batches(16, "lm")[0].ids)
+
+
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe(vocab=320)"])
 def test_bits_per_byte_is_loss_times_tokens_over_bytes(tmp_path, tokenizer):
     source = "".join(f.path.read_text(encoding="utf-8") for f in stdlib_files()[:3])
