@@ -5,10 +5,11 @@ A linear router scores every token against ``n_experts`` experts; each token goe
 ``top_k`` best, and its output is the sum of those experts' outputs weighted by the router's
 softmax probabilities (renormalised over the chosen k, as Mixtral; the raw probabilities with
 ``renormalize=false``, as Switch). Dispatch has static shapes, as GShard and Switch: each
-assignment's place in its expert's buffer is a cumulative sum of one-hot assignments, the
-tokens are scattered into a (B, E, C, D) buffer, each expert runs once on its (B, C, D) slice
-(a loop over the fixed number of experts, none over tokens) and the outputs are gathered back
-weighted by the gate, so ``torch.compile(fullgraph=True)`` captures it in one graph.
+assignment's place in its expert's queue is a cumulative sum of one-hot assignments, the
+tokens are scattered into one block of C slots per expert (C fixed by the shapes), each
+expert runs once on its block (a loop over the fixed number of experts, none over tokens) and
+the outputs are gathered back weighted by the gate, so ``torch.compile(fullgraph=True)``
+captures it in one graph. Eagerly, the blocks shrink to the experts' actual loads.
 
 Load balancing (Switch, eq. 4; GShard): ``aux_loss = n_experts * sum_i f_i * P_i``, where f_i is
 the share of assignments routed to expert i (before any dropping; not differentiable) and P_i
@@ -128,49 +129,47 @@ class MixtureOfExperts(FeedForward):
         counts = onehot.sum((0, 1))  # (E,)
         self.aux_loss = self.balance_loss(probs, counts, real.reshape(-1))
         self.last_tokens_per_expert = counts.detach()
-        slot = ((onehot.cumsum(1) - 1) * onehot).sum(-1)  # (B, k*L) place in its expert's queue
+        slot = ((onehot.cumsum(1) - 1) * onehot).sum(-1)  # (B, k*L) place in its expert's row queue
         capacity = self.capacity(real.sum(1))  # (B,)
         served = live & (slot < capacity[:, None])  # (B, k*L)
         self.last_dropped = (live & ~served).sum()
         gate = torch.where(served, weight_of, 0).to(x.dtype)  # (B, k*L), 0 where dropped
-        load = (onehot * served[..., None]).sum(1)  # (B, E) assignments each expert serves
-        out = self.dispatch_and_combine(rows, expert_of, slot, served, gate, load)
+        out = self.dispatch_and_combine(rows, expert_of, served, gate)
         return out.view_as(x)
 
-    def dispatch_and_combine(
-        self, rows: Tensor, expert_of: Tensor, slot: Tensor, served: Tensor, gate: Tensor, load: Tensor
-    ) -> Tensor:
-        """Run each expert once on a buffer of its assignments and sum them back per token.
+    def dispatch_and_combine(self, rows: Tensor, expert_of: Tensor, served: Tensor, gate: Tensor) -> Tensor:
+        """Run each expert once on a buffer of its served assignments; sum them back per token.
 
-        rows (B, L, D); per assignment in priority order (B, k*L): expert, place in the expert's
-        buffer, served or not, gate weight (0 if not served); load (B, E): assignments each
-        expert serves per row. Returns (B, L, D).
+        rows (B, L, D); per assignment in priority order (B, k*L): its expert, whether it is
+        served, its gate weight (0 if not served). Returns (B, L, D).
 
-        The buffer is (B, E * C + 1, D) with C the most assignments an expert can take from a
-        row (static: L without capacity, else the capacity of a row of L real tokens); the last
-        row is a sink for unserved assignments and is never read. In eager mode C shrinks to
-        the fullest buffer and experts without assignments are skipped (one host sync, as any
-        data-dependent dispatch needs); traced, every expert runs on its whole buffer.
+        Expert e's assignments of all rows go, in order, to its own block of slots in one
+        (S + 1, D) buffer whose last row is a sink for dropped assignments and is never read.
+        Traced, every block has the static size B * (the most one expert can take from a row:
+        L without capacity, else the capacity of L real tokens); in eager mode each block is
+        exactly its expert's load (one host sync, as any data-dependent dispatch needs) and
+        experts without assignments are skipped.
         """
         batch, length, width = rows.shape
-        size = min(length, self.capacity(length))
-        busy = [True] * self.n_experts
+        expert_of, served = expert_of.flatten(), served.flatten()  # (B*k*L,)
+        flat = F.one_hot(expert_of, self.n_experts) * served[:, None]  # (B*k*L, E)
+        slot = ((flat.cumsum(0) - 1) * flat).sum(-1)  # (B*k*L,) place in its expert's block
+        load = flat.sum(0)  # (E,)
         if eager():
-            size, *used = torch.cat([load.amax().view(1), load.sum(0)]).tolist()
-            busy = [n > 0 for n in used]
-        sink = self.n_experts * size
-        index = torch.where(served, expert_of * size + slot, sink)  # (B, k*L)
-        tokens = rows.repeat(1, self.top_k, 1)  # (B, k*L, D), assignments' inputs
-        spread = index[..., None].expand(-1, -1, width)
-        buffer = rows.new_zeros(batch, sink + 1, width).scatter(1, spread, tokens)  # (B, E*C+1, D)
-        queues = buffer[:, :sink].view(batch, self.n_experts, size, width)  # (B, E, C, D)
-        outputs = [
-            expert(queues[:, e]) if busy[e] else queues.new_zeros(batch, size, width)
-            for e, expert in enumerate(self.experts)
-        ]
-        results = torch.stack(outputs, 1).view(batch, sink, width)
-        results = torch.cat([results, results.new_zeros(batch, 1, width)], 1)  # (B, E*C+1, D)
-        gathered = results.gather(1, spread) * gate[..., None]  # (B, k*L, D)
+            sizes = load.tolist()
+            starts = load.cumsum(0) - load  # (E,)
+        else:
+            sizes = [batch * min(length, self.capacity(length))] * self.n_experts
+            starts = torch.arange(self.n_experts, device=rows.device) * sizes[0]
+        sink = sum(sizes)
+        index = torch.where(served, starts[expert_of] + slot, sink)  # (B*k*L,)
+        tokens = rows.repeat(1, self.top_k, 1).flatten(0, 1)  # (B*k*L, D), assignments' inputs
+        spread = index[:, None].expand(-1, width)
+        buffer = rows.new_zeros(sink + 1, width).scatter(0, spread, tokens)  # (S+1, D)
+        blocks = buffer[:sink].split(sizes)  # E x (S_e, D)
+        outputs = [expert(block) if block.shape[0] else block for block, expert in zip(blocks, self.experts)]
+        results = torch.cat([*outputs, rows.new_zeros(1, width)])  # (S+1, D)
+        gathered = results.gather(0, spread) * gate.flatten()[:, None]  # (B*k*L, D)
         return gathered.view(batch, self.top_k, length, width).sum(1)
 
     def capacity(self, n_tokens: Tensor | int) -> Tensor | int:
