@@ -228,7 +228,7 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
             continue
         seen.add(tensor.data_ptr())
         sha.update(key.encode())
-        sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+        sha.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())  # 0-dim too
     return sha.hexdigest()
 
 

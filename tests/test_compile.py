@@ -28,10 +28,7 @@ SLOTS = {"attention": "attn", "positional": "pe", "feedforward": "ffn", "norm": 
 
 # Built-in parts known to break the graph, with why; to be fixed in the part, or declared
 # there as ``supports_fullgraph = False`` (see plugformer.core.tracing), like a third party.
-KNOWN_BREAKS = {
-    ("feedforward", "moe"): "a Python loop over experts sized by token counts read on the host "
-    "(bincount().tolist()): data-dependent shapes",
-}
+KNOWN_BREAKS: dict[tuple[str, str], str] = {}
 
 PRESETS = {
     "gpt_tiny": f"gpt_tiny({SMALL})",

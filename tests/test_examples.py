@@ -22,9 +22,6 @@ def test_example_runs(script, tmp_path):
     assert done.stdout.strip(), "an example should show what it did"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugformer.io's weight digest views each tensor as bytes, which fails on cosine's 0-dim "
-    "temperature parameter: the kit's state_dict_roundtrip finds it (fix in io.py, then drop this mark)"))
 def test_example_plugin_tests_run_the_conformance_kit(tmp_path):
     """examples/plugin's tests: the kit through the pytest plugin, the part through its entry point."""
     from importlib.metadata import entry_points

@@ -163,3 +163,42 @@ def test_save_records_the_plugins_of_the_registry_it_is_given(tmp_path):
     path = plugformer.save(model, tmp_path / "m.safetensors", registry=registry)
     assert read_metadata(path)["plugformer.parts"]["attention:only_here"] == "private-plugin"
     assert torch.equal(plugformer.load(path, registry=registry)(torch.arange(6)[None]), model(torch.arange(6)[None]))
+
+
+class _ScalarKernelPlugin:
+    """A kernel with a 0-dim parameter (a learned temperature), for one test."""
+
+    @plugformer.hookimpl
+    def plugformer_register(self, registry):
+        from plugformer.plugins.dense import DenseAttention
+
+        class TemperedAttention(DenseAttention):
+            def __init__(self) -> None:
+                super().__init__()
+                self.temperature = torch.nn.Parameter(torch.tensor(1.0))
+
+        def tempered(ctx) -> TemperedAttention:
+            """Dense attention with a 0-dim parameter."""
+            return TemperedAttention()
+
+        registry.add("attention", "tempered_for_io_test", tempered)
+
+
+def test_a_0_dim_parameter_round_trips_with_its_checksum(tmp_path):
+    name = plugformer.registry.register_plugin(_ScalarKernelPlugin(), name="scalar-io-test-plugin")
+    try:
+        model = plugformer.build("gpt_tiny(attn=tempered_for_io_test, layers=1, vocab=20)")
+        scalars = [key for key, value in model.state_dict().items() if value.dim() == 0]
+        assert scalars, "the test needs a 0-dim parameter"
+        with torch.no_grad():
+            model.get_parameter(scalars[0]).fill_(2.5)
+        path = plugformer.save(model, tmp_path / "m.safetensors")
+        loaded = plugformer.load(path)
+        assert torch.equal(loaded.state_dict()[scalars[0]], torch.tensor(2.5))
+        raw = bytearray(path.read_bytes())
+        raw[-2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match="checksum"):
+            plugformer.load(path)
+    finally:
+        plugformer.registry.unregister_plugin(name)

@@ -4,9 +4,12 @@ Switch Transformer, 2021; Mixtral, 2024).
 A linear router scores every token against ``n_experts`` experts; each token goes to its
 ``top_k`` best, and its output is the sum of those experts' outputs weighted by the router's
 softmax probabilities (renormalised over the chosen k, as Mixtral; the raw probabilities with
-``renormalize=false``, as Switch). Tokens are dispatched by sorting the (token, expert)
-assignments by expert and running each expert once on its tokens, gathered with
-``index_select`` and scattered back with ``index_add_``: one loop over experts, none over tokens.
+``renormalize=false``, as Switch). Dispatch has static shapes, as GShard and Switch: each
+assignment's place in its expert's queue is a cumulative sum of one-hot assignments, the
+tokens are scattered into one block of C slots per expert (C fixed by the shapes), each
+expert runs once on its block (a loop over the fixed number of experts, none over tokens) and
+the outputs are gathered back weighted by the gate, so ``torch.compile(fullgraph=True)``
+captures it in one graph. Eagerly, the blocks shrink to the experts' actual loads.
 
 Load balancing (Switch, eq. 4; GShard): ``aux_loss = n_experts * sum_i f_i * P_i``, where f_i is
 the share of assignments routed to expert i (before any dropping; not differentiable) and P_i
@@ -34,11 +37,13 @@ import math
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core.context import BuildContext
 from plugformer.core.interfaces import FeedForward
 from plugformer.core.slots import ArgumentError
+from plugformer.core.tracing import eager
 from plugformer.hooks import hookimpl
 from plugformer.plugins.feedforward import FeedForwardNetwork
 from plugformer.plugins.gated_ffn import GatedFeedForward, llama_hidden_dim
@@ -91,9 +96,10 @@ class MixtureOfExperts(FeedForward):
         return len(self.experts)
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (N, D) -> router probabilities (N, E) float32, chosen experts (N, k) and their
-        weights (N, k)."""
-        probs = self.router(x).float().softmax(-1)  # (N, E)
+        """x: (N, D) -> router probabilities (N, E), chosen experts (N, k) and their weights
+        (N, k); the softmax runs in float32, or float64 for float64 input."""
+        logits = self.router(x)  # (N, E)
+        probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k) each
         if self.renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
@@ -102,37 +108,69 @@ class MixtureOfExperts(FeedForward):
     uses_token_mask = True
 
     def forward(self, x: Tensor, *, token_mask: Optional[Tensor] = None) -> Tensor:
-        """x: (B, L, D) -> (B, L, D); token_mask: (B, L) bool, True = a real token (None = all).
+        """x: (B, L, D) or (L, D) -> same shape; token_mask: (B, L) bool, True = a real token
+        (None = all).
 
         Sets ``aux_loss``, ``last_tokens_per_expert``, ``last_dropped`` over the real tokens.
         """
-        rows, length = (1, x.shape[0]) if x.dim() == 2 else (x.shape[0], x.shape[-2])
-        flat = x.reshape(-1, x.shape[-1])  # (N, D)
-        real = torch.ones(flat.shape[0], dtype=torch.bool, device=x.device)
+        batch = 1 if x.dim() == 2 else x.shape[0]
+        rows = x.reshape(batch, x.shape[-2], x.shape[-1])  # (B, L, D)
+        length, width = rows.shape[1:]
+        real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
         if token_mask is not None:
-            real = token_mask.reshape(-1).to(x.device)
-        kept = real.nonzero().squeeze(1)  # (n,) real tokens, in order
-        probs, chosen, weights = self.route(flat.index_select(0, kept))
-        # Assignments in priority order: all first choices by token, then all second choices.
-        expert_of = chosen.t().reshape(-1)  # (k * n,)
-        token_of = kept.repeat(self.top_k)
-        weight_of = weights.t().reshape(-1).to(x.dtype)
-        counts = torch.bincount(expert_of, minlength=self.n_experts)  # (E,)
-        self.aux_loss = self.balance_loss(probs, counts)
+            real = token_mask.reshape(batch, length).to(x.device)
+        probs, chosen, weights = self.route(rows.reshape(-1, width))  # (B*L, E), (B*L, k) x2
+        # Assignments in priority order within each row: all first choices by token, then all
+        # second choices, ...: (B, k*L).
+        expert_of = chosen.view(batch, length, self.top_k).transpose(1, 2).reshape(batch, -1)
+        weight_of = weights.view(batch, length, self.top_k).transpose(1, 2).reshape(batch, -1)
+        live = real.repeat(1, self.top_k)  # (B, k*L) assignments of real tokens
+        onehot = F.one_hot(expert_of, self.n_experts) * live[..., None]  # (B, k*L, E)
+        counts = onehot.sum((0, 1))  # (E,)
+        self.aux_loss = self.balance_loss(probs, counts, real.reshape(-1))
         self.last_tokens_per_expert = counts.detach()
-        row_of = token_of.div(length, rounding_mode="floor")
-        capacity = self.capacity(real.view(rows, length).sum(1))  # (B,)
-        served = _rank_in_group(row_of * self.n_experts + expert_of) < capacity[row_of]  # (k * n,)
-        out = torch.zeros_like(flat)
-        for index, expert in enumerate(self.experts):
-            taken = (served & (expert_of == index)).nonzero().squeeze(1)
-            if taken.numel() == 0:
-                continue
-            tokens = token_of[taken]
-            y = expert(flat.index_select(0, tokens)) * weight_of[taken, None]  # (n_e, D)
-            out.index_add_(0, tokens, y)
-        self.last_dropped = (~served).sum()
+        slot = ((onehot.cumsum(1) - 1) * onehot).sum(-1)  # (B, k*L) place in its expert's row queue
+        capacity = self.capacity(real.sum(1))  # (B,)
+        served = live & (slot < capacity[:, None])  # (B, k*L)
+        self.last_dropped = (live & ~served).sum()
+        gate = torch.where(served, weight_of, 0).to(x.dtype)  # (B, k*L), 0 where dropped
+        out = self.dispatch_and_combine(rows, expert_of, served, gate)
         return out.view_as(x)
+
+    def dispatch_and_combine(self, rows: Tensor, expert_of: Tensor, served: Tensor, gate: Tensor) -> Tensor:
+        """Run each expert once on a buffer of its served assignments; sum them back per token.
+
+        rows (B, L, D); per assignment in priority order (B, k*L): its expert, whether it is
+        served, its gate weight (0 if not served). Returns (B, L, D).
+
+        Expert e's assignments of all rows go, in order, to its own block of slots in one
+        (S + 1, D) buffer whose last row is a sink for dropped assignments and is never read.
+        Traced, every block has the static size B * (the most one expert can take from a row:
+        L without capacity, else the capacity of L real tokens); in eager mode each block is
+        exactly its expert's load (one host sync, as any data-dependent dispatch needs) and
+        experts without assignments are skipped.
+        """
+        batch, length, width = rows.shape
+        expert_of, served = expert_of.flatten(), served.flatten()  # (B*k*L,)
+        flat = F.one_hot(expert_of, self.n_experts) * served[:, None]  # (B*k*L, E)
+        slot = ((flat.cumsum(0) - 1) * flat).sum(-1)  # (B*k*L,) place in its expert's block
+        load = flat.sum(0)  # (E,)
+        if eager():
+            sizes = load.tolist()
+            starts = load.cumsum(0) - load  # (E,)
+        else:
+            sizes = [batch * min(length, self.capacity(length))] * self.n_experts
+            starts = torch.arange(self.n_experts, device=rows.device) * sizes[0]
+        sink = sum(sizes)
+        index = torch.where(served, starts[expert_of] + slot, sink)  # (B*k*L,)
+        tokens = rows.repeat(1, self.top_k, 1).flatten(0, 1)  # (B*k*L, D), assignments' inputs
+        spread = index[:, None].expand(-1, width)
+        buffer = rows.new_zeros(sink + 1, width).scatter(0, spread, tokens)  # (S+1, D)
+        blocks = buffer[:sink].split(sizes)  # E x (S_e, D)
+        outputs = [expert(block) if block.shape[0] else block for block, expert in zip(blocks, self.experts)]
+        results = torch.cat([*outputs, rows.new_zeros(1, width)])  # (S+1, D)
+        gathered = results.gather(0, spread) * gate.flatten()[:, None]  # (B*k*L, D)
+        return gathered.view(batch, self.top_k, length, width).sum(1)
 
     def capacity(self, n_tokens: Tensor | int) -> Tensor | int:
         """Most assignments one expert processes for a sequence of ``n_tokens`` real tokens
@@ -142,10 +180,14 @@ class MixtureOfExperts(FeedForward):
         share = self.capacity_factor * n_tokens * self.top_k / self.n_experts
         return share.ceil().long() if isinstance(share, Tensor) else math.ceil(share)
 
-    def balance_loss(self, probs: Tensor, counts: Tensor) -> Tensor:
-        """n_experts * sum_i f_i * P_i from probabilities (N, E) and assignment counts (E,)."""
+    def balance_loss(self, probs: Tensor, counts: Tensor, real: Optional[Tensor] = None) -> Tensor:
+        """n_experts * sum_i f_i * P_i from probabilities (N, E), assignment counts (E,) and
+        which tokens are real (N,) bool (None = all; P_i averages over the real ones)."""
         share = counts.to(probs.dtype) / counts.sum().clamp(min=1)  # f_i
-        mean_prob = probs.mean(0) if probs.shape[0] else torch.zeros_like(share)  # P_i
+        if real is None:
+            real = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+        kept = torch.where(real[:, None], probs, 0)  # (N, E)
+        mean_prob = kept.sum(0) / real.sum().clamp(min=1)  # P_i
         return self.n_experts * (share * mean_prob).sum()
 
     def extra_repr(self) -> str:
@@ -153,16 +195,6 @@ class MixtureOfExperts(FeedForward):
             f"n_experts={self.n_experts}, top_k={self.top_k}, "
             f"capacity_factor={self.capacity_factor}, renormalize={self.renormalize}"
         )
-
-
-def _rank_in_group(group: Tensor) -> Tensor:
-    """For each item, how many earlier items share its group: group (n,) long -> (n,) long."""
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(group.numel(), device=group.device) - first[group[order]]
-    return rank
 
 
 def check_routing(n_experts: int, top_k: int, capacity_factor: Optional[float]) -> None:

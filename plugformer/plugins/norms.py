@@ -35,8 +35,9 @@ def layernorm(ctx: BuildContext, *, eps: float = 1e-5, bias: bool = True) -> Lay
 class RMSNorm(Norm):
     """x / sqrt(mean(x^2) + eps) * weight over the last dimension.
 
-    The statistics are computed in float32 and the result cast back to the input's dtype before
-    the gain is applied (LLaMA's order), so half-precision inputs do not overflow in ``x^2``.
+    The statistics are computed in float32 (float64 for float64 input) and the result cast back
+    to the input's dtype before the gain is applied (LLaMA's order), so half-precision inputs do
+    not overflow in ``x^2``.
 
     Args:
         dim: size of the normalised (last) dimension.
@@ -54,8 +55,8 @@ class RMSNorm(Norm):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., dim) -> (..., dim)."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.to(x.dtype) * self.weight
 
     def extra_repr(self) -> str:

@@ -30,7 +30,8 @@ Layout = Literal["interleaved", "half"]
 class RotaryPositions(PositionalEncoding):
     """Rotates queries and keys by their absolute positions; no parameters.
 
-    Rotation runs in float32 and the result is cast back to the input's dtype.
+    Rotation runs in float32 (float64 for float64 input) and the result is cast back to the
+    input's dtype.
 
     Args:
         head_dim: width of each attention head.
@@ -63,15 +64,16 @@ class RotaryPositions(PositionalEncoding):
         self.base = base
         self.layout = layout
 
-    def angles(self, positions: Tensor) -> Tensor:
-        """positions (L,) or (B, L) -> angles m * theta_i, (..., L, rotary_dim / 2), float32.
+    def angles(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """positions (L,) or (B, L) -> angles m * theta_i, (..., L, rotary_dim / 2), in ``dtype``
+        (float32 or wider).
 
         The frequencies are computed here rather than kept in a buffer, so that ``model.half()``
         cannot round them (an error that grows with the position).
         """
-        exponents = torch.arange(0, self.rotary_dim, 2, device=positions.device, dtype=torch.float32)
+        exponents = torch.arange(0, self.rotary_dim, 2, device=positions.device, dtype=dtype)
         inv_freq = self.base ** -(exponents / self.rotary_dim)  # (R/2,)
-        return positions.to(torch.float32)[..., None] * inv_freq
+        return positions.to(dtype)[..., None] * inv_freq
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """q: (B, H, Lq, Dh), k: (B, Hkv, Lk, Dh); positions (Lq,) / (Lk,) or (B, Lq) / (B, Lk).
@@ -82,11 +84,12 @@ class RotaryPositions(PositionalEncoding):
 
     def rotate_one(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, H, L, Dh), positions (L,) or (B, L) -> x rotated, (B, H, L, Dh)."""
-        angles = self.angles(positions)  # (L, R/2) or (B, L, R/2)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        angles = self.angles(positions, wide)  # (L, R/2) or (B, L, R/2)
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, L, R/2): broadcast over heads
         cos, sin = angles.cos(), angles.sin()
-        rotary, rest = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]
+        rotary, rest = x[..., : self.rotary_dim].to(wide), x[..., self.rotary_dim :]
         if self.layout == "interleaved":
             pairs = rotary.unflatten(-1, (-1, 2))  # (..., L, R/2, 2)
             a, b = pairs[..., 0], pairs[..., 1]

@@ -170,3 +170,47 @@ def test_in_a_model_learns_with_the_aux_loss_what_its_zeroed_twin_cannot(learned
     assert working < broken - 0.4, (working, broken)
     described = plugformer.registry.describe("feedforward", "moe")
     assert described.args[0].name == "n_experts" and described.args[0].default == 8
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_compiles_as_one_graph_and_matches_the_reference_with_padding(capacity_factor):
+    torch.manual_seed(8)
+    cap = "none" if capacity_factor is None else capacity_factor
+    moe = build_part(
+        "feedforward", f"moe(n_experts=4, top_k=2, expert=relu, d_ff=16, capacity_factor={cap})",
+        d_model=8, heads=1,
+    )
+    with torch.no_grad():
+        moe.router.weight[0] += 1.0  # crowd expert 0
+    x = torch.randn(2, 12, 8).abs()
+    token_mask = torch.ones(2, 12, dtype=torch.bool)
+    token_mask[1, :5] = False  # row 1 is left-padded
+    expected = torch.zeros_like(x)
+    for row in range(2):
+        real = x[row][token_mask[row]][None]
+        n = real.shape[1]
+        capacity = None if capacity_factor is None else math.ceil(capacity_factor * n * 2 / 4)
+        expected[row][token_mask[row]] = reference(moe, real, capacity)[0]
+    eager_out = moe(x, token_mask=token_mask)
+    eager_stats = (moe.aux_loss, moe.last_tokens_per_expert, moe.last_dropped)
+    torch._dynamo.reset()
+    compiled = torch.compile(moe, backend="eager", fullgraph=True)
+    out = compiled(x, token_mask=token_mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager_out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe.aux_loss, eager_stats[0])
+    assert torch.equal(moe.last_tokens_per_expert, eager_stats[1])
+    assert int(moe.last_dropped) == int(eager_stats[2])
+    assert capacity_factor is None or int(moe.last_dropped) > 0
+
+
+def test_float64_input_routes_in_float64():
+    torch.manual_seed(9)
+    moe = build_part("feedforward", "moe(n_experts=4, top_k=2, expert=gelu, d_ff=16)", d_model=8, heads=1)
+    moe = moe.double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    probs, _, weights = moe.route(x.reshape(-1, 8))
+    assert probs.dtype == weights.dtype == torch.float64
+    out = moe(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference(moe, x))  # float64 tolerances
