@@ -18,16 +18,19 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from plugformer.compare.cost import cost_to_reach
 from plugformer.compare.report_figures import cost_figure, length_figure, lengths_of, loss_figure
-from plugformer.compare.result import Comparison
 from plugformer.compare.stats import INTERVAL_NOTE, MARKS, compare_to_best, higher_is_better, interval
 from plugformer.compare.store import RunRecord
 from plugformer.tasks.metrics import is_fraction, scores_of
 
 __all__ = ["write_report", "records_from_comparison", "choose_runs"]
+
+
+if TYPE_CHECKING:
+    from plugformer.compare.result import Comparison
 
 _log = logging.getLogger("plugformer")
 RouteMap = Union[bytes, str, os.PathLike]
@@ -255,7 +258,7 @@ def write_report(
         ValueError: if there are no runs, or a route map names no variant of the runs.
         ImportError: without matplotlib (``pip install 'plugformer[plot]'``).
     """
-    records = records_from_comparison(source) if isinstance(source, Comparison) else list(source)
+    records = records_from_comparison(source) if hasattr(source, "rows") else list(source)
     if not records:
         raise ValueError("no runs to report: the comparison finished no run")
     chosen, how = choose_runs(records)
