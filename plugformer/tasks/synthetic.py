@@ -109,7 +109,8 @@ class MQARTask(Task):
       does (``power=1`` is uniform). Here a "length" counts tokens, so ``eval_lengths=[2048]``
       evaluates with the same pairs at 2,048 tokens. Zoology fills with random tokens of the
       whole vocabulary (``random_non_queries``); here the filler is one symbol of its own, so a
-      query is exactly a key token after the pairs.
+      query is exactly a key token after the pairs. Values may repeat within an example, as in
+      the short layout (Zoology draws distinct values).
 
     * ``lm`` form: ``ids`` = the source; the target at each query position is its value, every
       other position carries no loss (``IGNORE_INDEX``), as in Zoology.
