@@ -13,6 +13,7 @@ The package, in reading order:
 * :mod:`.flex`: the CUDA path, ``flex_attention`` with a block mask from the routing;
 * :mod:`.local_context`: BiFormer's local-context conv over V;
 * :mod:`.routes`: recording route maps from outside the kernel, and drawing them;
+* :mod:`.diagnostics`: route recall, routing entropy and region load per layer;
 * :mod:`.cli`: the ``plugformer routes`` command.
 """
 
@@ -24,14 +25,16 @@ from plugformer.core.context import BuildContext
 from plugformer.core.slots import ArgumentError
 from plugformer.hooks import hookimpl
 from plugformer.plugins.bra.cli import plugformer_register_commands
+from plugformer.plugins.bra.diagnostics import LayerStats, route_stats, routing_stats
 from plugformer.plugins.bra.kernel import BACKENDS, BiLevelRoutingAttention
 from plugformer.plugins.bra.local_context import LocalContext
 from plugformer.plugins.bra.routes import plot_routes, record_routes
 from plugformer.plugins.bra.routing import ROUTINGS, Geometry, n_regions, resolve_routing, route
 
 __all__ = [
-    "BiLevelRoutingAttention", "Geometry", "LocalContext", "bra", "n_regions", "plot_routes",
-    "plugformer_register", "plugformer_register_commands", "record_routes", "route",
+    "BiLevelRoutingAttention", "Geometry", "LayerStats", "LocalContext", "bra", "n_regions",
+    "plot_routes", "plugformer_register", "plugformer_register_commands", "record_routes", "route",
+    "route_stats", "routing_stats",
 ]
 
 

@@ -22,6 +22,11 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--seed",), {"type": int, "default": 0, "help": "seed of the random model weights and inputs"}),
     (("--regions",), {"type": int, "default": None, "help": "draw at most this many regions per axis"}),
     (("--out", "-o"), {"default": "routes.png", "help": "the PNG to write (default routes.png)"}),
+    (("--stats",), {"action": "store_true",
+                    "help": "print route recall, routing entropy and region load per layer and head "
+                            "instead of drawing"}),
+    (("--queries",), {"type": int, "default": 64,
+                      "help": "query rows sampled per call for --stats' route recall (default 64)"}),
 )
 
 
@@ -31,7 +36,8 @@ def plugformer_register_commands(commands) -> None:
 
 
 def draw_routes(args: argparse.Namespace) -> int:
-    """Draw which key regions each query region of every bra layer picked, as a PNG heat map."""
+    """Draw which key regions each query region of every bra layer picked, as a PNG heat map;
+    with ``--stats``, print each layer's route recall, routing entropy and region load."""
     import torch
 
     from plugformer.plugins.bra.routes import plot_routes, record_routes
@@ -42,10 +48,32 @@ def draw_routes(args: argparse.Namespace) -> int:
         run = _task_example(args.task, model, args.registry, args.seed)
     else:
         run = _ids_example(args, model)
+    if args.stats:
+        return _print_stats(model, run, args.queries, args.seed)
     with torch.no_grad(), record_routes(model) as routes:
         run(model)
     path = plot_routes(routes, args.out, n_regions=args.regions)
     print(f"routes of {len(routes)} bra layers written to {path}")
+    return 0
+
+
+def _print_stats(model: Any, run: Callable[[Any], Any], queries: int, seed: int) -> int:
+    """Print one row per bra layer and head: recall of that head, the layer's entropy and load."""
+    from plugformer.plugins.bra.diagnostics import routing_stats
+
+    if queries < 1:
+        raise ValueError(f"--queries must be at least 1, got {queries}")
+    stats = routing_stats(model, run, queries=queries, seed=seed)
+    print(f"{'layer':<40} {'head':>4} {'recall':>7} {'entropy':>8} {'load':>6} {'topk':>5} "
+          f"{'regions':>8} {'queries':>8}")
+    for layer in stats:
+        name = layer.name.removeprefix("stack.").removesuffix(".kernel").replace("layers.", "") or "bra"
+        for head, recall in enumerate(layer.recall.tolist()):
+            print(f"{name:<40} {head:>4} {recall:>7.4f} {layer.entropy:>8.4f} {layer.load:>6.3f} "
+                  f"{layer.topk:>5} {layer.regions:>8} {layer.queries:>8}")
+    print("recall: share of exact attention's mass on the chosen regions; entropy: normalised "
+          "entropy of the chosen regions (1 = even); load: coefficient of variation of choices "
+          "per region (0 = even)")
     return 0
 
 
