@@ -55,6 +55,9 @@ class VariantResult:
         lr_choice: how it was chosen, e.g. ``best of 3 on val_exact_match@16``.
         seeds: the seeds of the runs the row summarises; the scalar fields above are the
             first seed's, the table of a multi-seed comparison gives means and intervals.
+        diagnostics: what plugins measured inside the trained model (the
+            ``plugformer_model_diagnostics`` hook: BRA's ``route_recall``, ``routing_entropy``,
+            ``region_load``), by name; empty when no plugin had anything to say.
     """
 
     index: int
@@ -80,6 +83,7 @@ class VariantResult:
     lr: Optional[float] = None
     lr_choice: Optional[str] = None
     seeds: list[int] = attrs.field(factory=list)
+    diagnostics: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -155,6 +159,8 @@ class Comparison:
                 values = [_percent(row.eval_at(length).accuracy) if row.eval_at(length) else "-"
                           for row in self.rows]
                 columns.append((f"tok acc@{length}", values))
+        for name in dict.fromkeys(name for row in self.rows for name in row.diagnostics):
+            columns.append((name.replace("_", " "), [_number(row.diagnostics.get(name), 1, 3) for row in self.rows]))
         columns.append(("train s", [_number(row.train_s, 1, 1) for row in self.rows]))
         columns.append(("status", [row.status for row in self.rows]))
         return columns

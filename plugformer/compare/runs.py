@@ -20,7 +20,7 @@ from torch import nn
 from plugformer.compare.cost import training_flops
 from plugformer.compare.store import RunPlan, RunRecord
 from plugformer.registry.builder import build
-from plugformer.registry.registry import Registry
+from plugformer.registry.registry import Registry, default_registry
 from plugformer.tasks.base import Batch, Task
 from plugformer.tasks.metrics import METRIC_KEYS, batch_metrics, eval_result, scores_of
 from plugformer.train.data import BatchPlan
@@ -72,6 +72,20 @@ def _score(model: nn.Module, batches: list[Batch], length: int, device: torch.de
                 totals[key] += value
     model.train(was_training)
     return scores_of(eval_result(length, totals))
+
+
+def model_diagnostics(model: nn.Module, batch: Batch, registry: Optional[Registry] = None) -> dict[str, float]:
+    """What the plugins' ``plugformer_model_diagnostics`` hooks say about ``model`` run on
+    ``batch`` (e.g. BRA's route recall), merged; empty when no plugin has anything to say."""
+    found: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for answer in (registry or default_registry()).hook.plugformer_model_diagnostics(
+                model=model, run=batch.logits):
+            found.update(answer or {})
+    model.train(was_training)
+    return found
 
 
 def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str,
@@ -149,6 +163,9 @@ def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str
         validation = _score(model, task.validation_batches(length, model.kind), length, device,
                             settings.precision)
         record.metrics.update({f"val_{name}@{length}": value for name, value in validation.items()})
+        diagnostics = model_diagnostics(model, held_out[0].to(device), registry)
+        record.metrics.update(diagnostics)
+        record.info["diagnostics"] = sorted(diagnostics)
         tail = record.losses[-max(1, len(record.losses) // 20):]
         record.metrics["final_loss"] = sum(tail) / len(tail)
         record.times["eval_s"] = time.perf_counter() - tick

@@ -58,6 +58,8 @@ def rows_from_runs(rows: Sequence[Any], records: Sequence[RunRecord],
         row.losses = list(first.losses)
         row.steps_done = first.steps_done
         row.train_s, row.eval_s = first.times.get("train_s"), first.times.get("eval_s")
+        row.diagnostics = {name: first.metrics[name] for name in first.info.get("diagnostics", ())
+                           if name in first.metrics}
         lengths = sorted({int(k.rpartition("@")[2]) for k in first.metrics
                           if "@" in k and not k.startswith("val_")})
         row.evals = [result_from_scores(length, {name: first.metrics.get(f"{name}@{length}")
@@ -131,6 +133,9 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
             key = f"accuracy@{length}"
             columns.append((f"tok acc@{length}",
                             [_fmt(over(row, lambda r, k=key: r.metrics.get(k)), percent=True) for row in rows]))
+    for name in dict.fromkeys(name for row in rows for name in row.diagnostics):
+        columns.append((name.replace("_", " "),
+                        [_fmt(over(row, lambda r, k=name: r.metrics.get(k))) for row in rows]))
     columns.append((f"val {metric}", [_fmt(over(row, lambda r: r.metrics.get(f"val_{primary}")), percent=percent)
                                       for row in rows]))
     if target is not None:

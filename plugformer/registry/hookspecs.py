@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 from plugformer.hooks import hookspec
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    from torch import nn
+
     from plugformer.cli import Commands
     from plugformer.registry.registry import Registry
 
@@ -38,4 +42,16 @@ def plugformer_register_commands(commands: "Commands") -> None:
     takes them. Raise ``ValueError`` or ``LookupError`` for errors the user caused: the CLI
     prints them in one line and exits with status 2. The hook runs when the CLI starts, so keep
     the module that implements it cheap to import and import heavy modules in the handler.
+    """
+
+
+@hookspec
+def plugformer_model_diagnostics(model: "nn.Module", run: "Callable[[nn.Module], Any]") -> "Optional[dict[str, float]]":
+    """Scalars that describe how ``model`` works inside, for comparison tables and reports.
+
+    ``run(model)`` runs the model once on a batch of the task being compared (the caller holds
+    ``torch.no_grad()``). Return a dict of named scalars about the parts this plugin supplies
+    (``{"route_recall": 0.93}`` for bi-level routing attention), or None when ``model`` has
+    none of them. Keys must be unique across plugins: name them after what they measure in
+    the field's terms. ``compare`` reports each as a column, mean and interval over seeds.
     """

@@ -316,14 +316,14 @@ class Registry:
         self._pm.register(plugin, name=name)
         try:
             self._pm.check_pending()
-            hooks = (self._pm.hook.plugformer_register, self._pm.hook.plugformer_register_commands)
-            if not any(impl.plugin is plugin for hook in hooks for impl in hook.get_hookimpls()):
+            if not any(impl.plugin is plugin for caller in vars(self._pm.hook).values()
+                       for impl in caller.get_hookimpls()):
                 hint = (
                     ": its plugformer_register is not marked with @plugformer.hookimpl"
                     if hasattr(plugin, "plugformer_register")
                     else ""
                 )
-                raise PluginError(f"plugin {name!r} implements no plugformer_register hook{hint}")
+                raise PluginError(f"plugin {name!r} implements no plugformer hook (plugformer_register, ...){hint}")
             others = [p for p in self._pm.get_plugins() if p is not plugin]
             call_alone = self._pm.subset_hook_caller("plugformer_register", remove_plugins=others)
             previous, self._current_plugin = self._current_plugin, name

@@ -25,7 +25,7 @@ from plugformer.core.context import BuildContext
 from plugformer.core.slots import ArgumentError
 from plugformer.hooks import hookimpl
 from plugformer.plugins.bra.cli import plugformer_register_commands
-from plugformer.plugins.bra.diagnostics import LayerStats, route_stats, routing_stats
+from plugformer.plugins.bra.diagnostics import LayerStats, plugformer_model_diagnostics, route_stats, routing_stats
 from plugformer.plugins.bra.kernel import BACKENDS, BiLevelRoutingAttention
 from plugformer.plugins.bra.local_context import LocalContext
 from plugformer.plugins.bra.routes import plot_routes, record_routes
@@ -34,7 +34,7 @@ from plugformer.plugins.bra.routing import ROUTINGS, Geometry, n_regions, resolv
 __all__ = [
     "BiLevelRoutingAttention", "Geometry", "LayerStats", "LocalContext", "bra", "n_regions",
     "plot_routes", "plugformer_register", "plugformer_register_commands", "record_routes", "route",
-    "route_stats", "routing_stats",
+    "plugformer_model_diagnostics", "route_stats", "routing_stats",
 ]
 
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from plugformer.core.attention import repeat_kv
 from plugformer.core.interfaces import ScoreBias
 from plugformer.core.masks import masked_softmax
+from plugformer.hooks import hookimpl
 from plugformer.plugins.bra.kernel import BiLevelRoutingAttention, split_mask
 from plugformer.plugins.bra.routing import Geometry, chosen_regions, region_shift, roll_rows
 
@@ -292,3 +293,19 @@ def routing_stats(model: nn.Module, inputs: Union[Tensor, Callable[[nn.Module], 
     with torch.no_grad(), route_stats(model, queries=queries, seed=seed) as stats:
         run(model)
     return list(stats.values())
+
+
+@hookimpl
+def plugformer_model_diagnostics(model: nn.Module, run: Callable[[nn.Module], Any]) -> Optional[dict[str, float]]:
+    """BRA's columns in a comparison: route recall, routing entropy and region load, averaged
+    over the model's ``bra`` layers (and heads); None for a model without ``bra``."""
+    if not any(isinstance(m, BiLevelRoutingAttention) for m in model.modules()):
+        return None
+    layers = routing_stats(model, run)
+    if not layers:
+        return None
+    return {
+        "route_recall": sum(float(s.recall.mean()) for s in layers) / len(layers),
+        "routing_entropy": sum(s.entropy for s in layers) / len(layers),
+        "region_load": sum(s.load for s in layers) / len(layers),
+    }
