@@ -13,7 +13,8 @@ import attrs
 import torch
 from torch import nn
 
-from plugformer.registry.builder import PART_KINDS, build, build_part
+from plugformer.registry.builder import build, build_part
+from plugformer.registry.resolver import PART_KINDS
 from plugformer.registry.errors import SpecError
 from plugformer.registry.registry import Registry, default_registry
 from plugformer.registry.spec import Spec, parse
