@@ -218,7 +218,7 @@ def list_parts(args: argparse.Namespace) -> int:
 
 @command("describe", epilog="""examples:
   plugformer describe bra                  # arguments, types, defaults, capabilities, plugin
-  plugformer describe positional:rope      # kind:name when several kinds share the name
+  plugformer describe positional:rope      # kind:name, needed when two kinds share a name
   plugformer describe gpt_tiny             # a model preset""")
 @argument("name", metavar="NAME", help="a part: kind:name, or a name unique across kinds")
 def describe_part(args: argparse.Namespace) -> int:
