@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``plugformer`` command.
 
 Each subcommand is one function taking the parsed arguments and returning an exit code,
@@ -13,7 +14,9 @@ declared with :func:`command` and its options with :func:`argument`::
 ``args.registry`` is the registry to use. Plugins add commands through the
 ``plugformer_register_commands(commands)`` hook (:class:`Commands`), the way ``routes`` comes
 from the ``bra`` plugin. Errors a user can cause (a bad spec, an unknown part,
-a bad value) print one line on stderr and exit with status 2; ``--traceback`` shows them whole.
+a bad value) print one line on stderr and exit with status 2, as do usage errors; a command
+that fails (a check, a run) exits with status 1; ``--traceback`` shows errors whole. Each
+command's ``--help`` ends with examples (its epilog) and shows every option's default.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import attrs
 
 from plugformer import __version__
+from plugformer.cli_parser import HelpFormatter, Parser, add_arguments, autocomplete
 from plugformer.registry.discovery import PluginError, strict_from_env
 from plugformer.registry.parts import KINDS, close_matches
 from plugformer.registry.registry import Registry, UnknownPartError, default_registry
@@ -59,11 +63,12 @@ def _command(
     return Command(name=name, help=text, handler=handler, arguments=tuple(arguments), epilog=epilog)
 
 
-def command(name: str, help: Optional[str] = None) -> Callable[[Handler], Handler]:
-    """Decorator: make ``handler`` the subcommand ``name`` (help: its docstring's first line)."""
+def command(name: str, help: Optional[str] = None, epilog: str = "") -> Callable[[Handler], Handler]:
+    """Decorator: make ``handler`` the subcommand ``name`` (help: its docstring's first line;
+    ``epilog``: examples shown at the end of its ``--help``, as written)."""
 
     def decorate(handler: Handler) -> Handler:
-        COMMANDS[name] = _command(name, handler, help, getattr(handler, "_cli_arguments", ()))
+        COMMANDS[name] = _command(name, handler, help, getattr(handler, "_cli_arguments", ()), epilog)
         return handler
 
     return decorate
@@ -128,9 +133,11 @@ def plugin_commands(registry: Registry) -> dict[str, Command]:
 
 def build_parser(commands: Optional[dict[str, Command]] = None) -> argparse.ArgumentParser:
     """The argument parser with these subcommands (default: the CLI's own)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="plugformer",
         description="Transformer parts behind a plugin registry.",
+        epilog="'plugformer COMMAND --help' shows a command's options, defaults and examples.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -140,10 +147,9 @@ def build_parser(commands: Optional[dict[str, Command]] = None) -> argparse.Argu
     for cmd in (COMMANDS if commands is None else commands).values():
         sub = subparsers.add_parser(
             cmd.name, help=cmd.help, description=cmd.help, epilog=cmd.epilog or None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
-        for flags, options in cmd.arguments:
-            sub.add_argument(*flags, **options)
+        add_arguments(sub, cmd.arguments)
         sub.set_defaults(handler=cmd.handler)
     return parser
 
@@ -156,6 +162,7 @@ def main(argv: Optional[Sequence[str]] = None, *, registry: Optional[Registry] =
     """
     registry = registry if registry is not None else default_registry()
     parser = build_parser(plugin_commands(registry))
+    autocomplete(parser, registry)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -191,7 +198,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title:
         print("  ".join([*padded, line[-1]]).rstrip())
 
 
-@command("list")
+@command("list", epilog="""examples:
+  plugformer list                          # every part: kind, name, summary
+  plugformer list attention                # only attention kernels
+  plugformer list -p '*bra*'               # wildcard on the name, any kind""")
 @argument("kind", nargs="?", metavar="KIND", help=f"only this kind: {', '.join(KINDS)}")
 @argument("--pattern", "-p", help="wildcard on the name, e.g. '*bra*'")
 def list_parts(args: argparse.Namespace) -> int:
@@ -206,7 +216,10 @@ def list_parts(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("describe")
+@command("describe", epilog="""examples:
+  plugformer describe bra                  # arguments, types, defaults, capabilities, plugin
+  plugformer describe positional:rope      # kind:name, needed when two kinds share a name
+  plugformer describe gpt_tiny             # a model preset""")
 @argument("name", metavar="NAME", help="a part: kind:name, or a name unique across kinds")
 def describe_part(args: argparse.Namespace) -> int:
     """Describe a part: summary, arguments with types and defaults, capabilities, source."""
@@ -219,7 +232,10 @@ def describe_part(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("plugins")
+@command("plugins", epilog="""examples:
+  plugformer plugins                       # loaded plugins with versions, and failures
+  plugformer plugins --verbose             # with the traceback of each failure
+  PLUGFORMER_DISABLE_PLUGINS=example plugformer plugins""")
 @argument("--verbose", "-v", action="store_true", help="show the traceback of each failure")
 def list_plugins(args: argparse.Namespace) -> int:
     """List loaded plugins with their versions, then plugins that failed and why."""
@@ -246,7 +262,10 @@ def list_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("build")
+@command("build", epilog="""examples:
+  plugformer build transformer_base
+  plugformer build "transformer_tiny(attn=bra(region=8, topk=2))"
+  plugformer build "gpt_tiny(pe=rope)"     # parameters per part; nothing is allocated""")
 @argument("spec", metavar="SPEC", help="a model spec, e.g. 'transformer_tiny(attn=bra(region=8, topk=2))'")
 def build_model(args: argparse.Namespace) -> int:
     """Build a model: print its canonical spec and its parameters per part."""
@@ -262,7 +281,12 @@ def build_model(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("generate")
+@command("generate", epilog="""examples:
+  plugformer train "transformer_tiny(attn=bra(region=4, topk=2))" --task "copy(length=32)" \\
+      --steps 500 --lr 5e-3 --out runs/copy          # writes runs/copy/model.safetensors
+  plugformer generate runs/copy/model.safetensors --input 5,6,7,8 --max-new-tokens 8
+  plugformer generate runs/copy/model.safetensors -i 5,6,7 -i 9,10 --beams 4 --eos-id 2
+  plugformer generate runs/copy/model.safetensors -i 5,6,7 -n 8 --temperature 0.8 --top-p 0.9 --seed 0""")
 @argument("checkpoint", metavar="CHECKPOINT", help="a file written by plugformer.save")
 @argument("--input", "-i", action="append",
           help="token ids, comma-separated (repeat for a batch): the source (encdec) or prompt (lm)")
@@ -341,15 +365,15 @@ def _register_external(name: str, help: str, module: str, arguments: str, handle
 
 _register_external(
     "compare", "Compare variants on a task: parameters, FLOPs, time, memory, accuracy.",
-    "plugformer.compare.cli", "ARGUMENTS", "run_compare_command",
+    "plugformer.compare.cli", "ARGUMENTS", "run_compare_command", "EPILOG",
 )
 _register_external(
     "report", "Rebuild report.html of a comparison from its runs.jsonl.",
-    "plugformer.compare.cli", "REPORT_ARGUMENTS", "run_report_command",
+    "plugformer.compare.cli", "REPORT_ARGUMENTS", "run_report_command", "REPORT_EPILOG",
 )
 _register_external(
     "train", "Train a model: one process, or DDP / FSDP2 under torchrun.",
-    "plugformer.train.cli", "ARGUMENTS", "run_train_command",
+    "plugformer.train.cli", "ARGUMENTS", "run_train_command", "EPILOG",
 )
 _register_external("check", "Run the conformance kit on a part, a plugin's parts or all parts (exit 1 on a failure).",
                    "plugformer.testing.cli", "ARGUMENTS", "run_check_command", "EPILOG")

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["ARGUMENTS", "DEMO", "REPORT_ARGUMENTS", "add_compare_arguments", "parse_lengths",
-           "parse_rates", "run_compare_command", "run_report_command"]
+__all__ = ["ARGUMENTS", "DEMO", "EPILOG", "REPORT_ARGUMENTS", "REPORT_EPILOG", "add_compare_arguments",
+           "parse_lengths", "parse_rates", "run_compare_command", "run_report_command"]
 
 #: The default comparison of ``--demo``: kernels x positions, each variant at its best of two
 #: learning rates (chosen on the validation split), on two seeds, so the table has intervals and
@@ -96,6 +96,14 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                            "rates, on two seeds, in a few minutes"}),
 )
 
+EPILOG = """examples:
+  plugformer compare "transformer_tiny(attn={dense, fused})" --task copy --steps 500 --out results
+  plugformer compare "gpt_tiny(pe={rope, alibi})" --task "mqar(pairs=8)" --lr 1e-3,3e-3 --seeds 2
+  plugformer compare --demo --out demo-results      # the default comparison, a few minutes
+
+{a, b} in a spec expands to one variant each; --out gets runs.jsonl, table.md, results.csv,
+results.json, comparison.png and report.html; --resume continues an interrupted --out."""
+
 #: The options of ``plugformer report``.
 REPORT_ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("directory",), {"metavar": "DIR", "help": "the --out folder of a comparison (its runs.jsonl)"}),
@@ -103,6 +111,10 @@ REPORT_ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                      "help": "steps / seconds / FLOPs to reach this value (default: the comparison's)"}),
 )
 
+
+REPORT_EPILOG = """examples:
+  plugformer report results/                  # rebuild results/report.html from runs.jsonl
+  plugformer report results/ --target 0.99    # with steps / seconds / FLOPs to reach 0.99"""
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``plugformer compare`` to ``parser``."""

@@ -23,7 +23,7 @@ from plugformer.registry.errors import SpecError
 from plugformer.registry.materialize import check_fits
 from plugformer.registry.parts import ArgInfo, Part
 from plugformer.registry.registry import Registry, default_registry
-from plugformer.registry.resolver import Resolver, is_list_type, slot_kind
+from plugformer.registry.resolver import PART_KINDS, Resolver, is_list_type, slot_kind  # PART_KINDS: re-exported, its old home
 from plugformer.registry.spec import PerLayer, Spec, parse
 
 RESERVED = ("device", "dtype")

@@ -17,10 +17,10 @@ ARGUMENTS = (
 )
 
 EPILOG = """examples:
-  plugformer check bra                                 every check on bra with its defaults
+  plugformer check bra                                 # every check on bra with its defaults
   plugformer check 'bra(region=8, topk=2)' --kind attention -c causality -c cached_decoding
-  plugformer check --plugin example                    every part of the installed plugin 'example'
-  plugformer check --all                               every registered part (the CI gate)"""
+  plugformer check --plugin example                    # every part of the installed plugin 'example'
+  plugformer check --all                               # every registered part (the CI gate)"""
 
 
 def run_check_command(args: argparse.Namespace) -> int:

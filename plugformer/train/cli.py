@@ -29,7 +29,7 @@ import torch.distributed as dist
 from plugformer.registry.discovery import PluginError
 from plugformer.tasks.metrics import eval_line
 
-__all__ = ["ARGUMENTS", "add_train_arguments", "run_train_command"]
+__all__ = ["ARGUMENTS", "EPILOG", "add_train_arguments", "run_train_command"]
 
 #: Errors caused by what the user asked: one line, exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, PluginError)
@@ -69,6 +69,17 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--no-eval",), {"action": "store_true", "help": "skip the held-out evaluation at the end"}),
     (("--no-progress",), {"action": "store_true", "help": "no progress bar"}),
 )
+
+EPILOG = """examples:
+  plugformer train gpt_tiny --task "mqar(pairs=8)" --steps 2000 --batch 64 --out runs/mqar
+  plugformer train "transformer_tiny(attn=bra(region=4, topk=2))" --task "copy(length=32)" \\
+      --steps 500 --lr 5e-3 --out runs/copy
+  torchrun --nproc-per-node 2 --no-python plugformer train gpt_tiny --task "mqar(pairs=8)" \\
+      --out runs/mqar --strategy fsdp --checkpoint-every 500      # two ranks, FSDP2 shards
+  plugformer train gpt_tiny --task "mqar(pairs=8)" --steps 2000 --batch 64 --out runs/mqar --resume
+
+--resume goes on from the last checkpoint in --out; --out gets metrics.jsonl, loss.png,
+checkpoints/ and model.safetensors."""
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,10 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
 
 @hookimpl
 def plugformer_register_commands(commands) -> None:
-    commands.add("routes", draw_routes, arguments=ARGUMENTS)
+    commands.add("routes", draw_routes, arguments=ARGUMENTS, epilog="""examples:
+  plugformer routes "transformer_tiny(attn=bra(region=8, topk=2))" -L 256 -o routes.png
+  plugformer routes runs/copy/model.safetensors --task "copy(length=32)" -o routes.png
+  plugformer routes "gpt_tiny(attn=bra(region=4, topk=2))" --input 5,6,7,8,9,10,11,12""")
 
 
 def draw_routes(args: argparse.Namespace) -> int:
