@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from plugformer.cli import Commands
+    from plugformer.cli_commands import Commands
     from plugformer.registry.registry import Registry
 
 
