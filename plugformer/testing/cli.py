@@ -28,7 +28,7 @@ def run_check_command(args: argparse.Namespace) -> int:
     import torch
 
     from plugformer.cli import print_table
-    from plugformer.registry.builder import PART_KINDS
+    from plugformer.registry.resolver import PART_KINDS
     from plugformer.testing.runner import run_checks
 
     registry = args.registry

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugformer.registry.builder import PART_KINDS
+from plugformer.registry.resolver import PART_KINDS
 from plugformer.registry.registry import default_registry
 from plugformer.testing import CHECK_NAMES, run_check
 
