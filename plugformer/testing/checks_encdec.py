@@ -87,7 +87,7 @@ def _step_logits(session: generation.Session, forced: Tensor) -> Tensor:
 
 def _sessions_agree(s: Subject, name: str) -> Optional[CheckResult]:
     lm, encdec = s.model(), s.encdec()
-    prompt, src, forced = ids(3, 10, seed=6), ids(3, 11, seed=7), ids(3, 8, seed=8)
+    prompt, src, forced = ids(3, 10, seed=6), ids(3, 11, seed=7), ids(3, 9, seed=8)
     for padded in (False, True):
         left = torch.zeros(3, 10, dtype=torch.bool)
         right = torch.zeros(3, 11, dtype=torch.bool)
@@ -95,14 +95,14 @@ def _sessions_agree(s: Subject, name: str) -> Optional[CheckResult]:
             left[1, :4], left[2, :7] = True, True
             right[0, 7:], right[2, 4:] = True, True
         sessions = {
-            "lm session" + (", prompts left-padded" if padded else ""): lambda cache: generation.LanguageModelSession(
-                lm, prompt, prompt_padding_mask=left, use_cache=cache),
-            "encdec session" + (", sources right-padded" if padded else ""): lambda cache: generation.EncoderDecoderSession(
-                encdec, src, bos_id=1, src_key_padding_mask=right, use_cache=cache),
+            "lm session" + (", prompts left-padded" if padded else ""): (lambda cache: generation.LanguageModelSession(
+                lm, prompt, prompt_padding_mask=left, use_cache=cache), forced[:, :8]),
+            "encdec session" + (", sources right-padded" if padded else ""): (lambda cache: generation.EncoderDecoderSession(
+                encdec, src, bos_id=1, src_key_padding_mask=right, use_cache=cache), forced),
         }
-        for label, session in sessions.items():
+        for label, (session, tokens) in sessions.items():
             with torch.no_grad():
-                cached, uncached = (_step_logits(session(cache), forced) for cache in (True, False))
+                cached, uncached = (_step_logits(session(cache), tokens) for cache in (True, False))
             diff, where = max_difference(cached, uncached)
             if diff > ATOL:
                 return failed(name, f"{label}: cached and uncached decoding differ by {diff:.3g} at step {where[1]} "
@@ -172,7 +172,8 @@ def encdec_padding(s: Subject, name: str) -> Optional[CheckResult]:
     generation from a padded batch equals each source alone."""
     plain = s.encdec()
     relative = plain if s.kind == "positional" else s.encdec(pe=Spec("rope"))
-    sides = [(False, plain)] + ([] if relative.stack.encoder.pe.uses_embed else [(True, relative)])
+    sides = [(False, plain)] + ([(False, relative)] if relative is not plain else [])
+    sides += [] if relative.stack.encoder.pe.uses_embed else [(True, relative)]
     tgt = ids(len(ROWS), 5, seed=13)
     for left, model in sides:
         side = "left" if left else "right"
