@@ -18,6 +18,7 @@ from plugformer.testing.result import CheckResult, failed, not_applicable, passe
 from plugformer.testing.subject import HEADS, Subject, first_line, gradient_result, jacobian_gap, max_difference
 
 ATOL = 1e-5
+CAUSAL_ATOL = 1e-6
 
 
 def qkv(*, batch: int = 2, heads: int = HEADS, kv_heads: int = HEADS, length: int = 12, head_dim: int = 8,
@@ -30,24 +31,49 @@ def qkv(*, batch: int = 2, heads: int = HEADS, kv_heads: int = HEADS, length: in
     return tuple(t.requires_grad_(grad) for t in (q, k, v))
 
 
+#: (Hkv, Lq, Lk, causal): self, grouped kv heads, bidirectional cross (Lq < Lk), and the last
+#: queries of a causal pass (a cache's chunk; only where the kernel declares supports_cache).
+SHAPES = ((HEADS, 12, 12, False), (HEADS // 2, 12, 12, False), (HEADS, 5, 12, False), (HEADS, 3, 12, True))
+
+
+def shaped(s: Subject, kv_heads: int, lq: int, lk: int, *, dtype: torch.dtype = torch.float32,
+           grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v = qkv(kv_heads=kv_heads, length=lk, dtype=dtype)
+    q = q[:, :, -lq:].detach().clone()
+    return tuple(t.requires_grad_(grad) for t in (q, k, v))
+
+
+def _shapes(s: Subject) -> list[tuple[int, int, int, bool]]:
+    cache = s.capability("supports_cache") and s.causal
+    return [shape for shape in SHAPES if not shape[3] or cache]
+
+
 def shapes_dtypes(s: Subject) -> CheckResult:
     name = "shapes_dtypes"
     for dtype in (torch.float32, torch.bfloat16):
-        for kv_heads, lq in ((HEADS, 12), (HEADS // 2, 12), (HEADS, 3)):
-            causal = lq < 12
-            if causal and not (s.capability("supports_cache") and s.causal):
-                continue
-            kernel = s.build(kv_heads=kv_heads, dtype=dtype, causal=causal)
-            q, k, v = qkv(kv_heads=kv_heads, dtype=dtype)
-            q = q[:, :, -lq:]
+        for kv_heads, lq, lk, causal in _shapes(s):
+            kernel = s.build(kv_heads=kv_heads, dtype=dtype, causal=causal, cross=lq < lk and not causal and s.attends_across())
+            q, k, v = shaped(s, kv_heads, lq, lk, dtype=dtype)
             with torch.no_grad():
                 out = kernel(q, k, v, causal=causal)
-            where = f"{dtype}, H={HEADS}, Hkv={kv_heads}, Lq={lq}, Lk={k.shape[-2]}"
+            where = f"{dtype}, H={HEADS}, Hkv={kv_heads}, Lq={lq}, Lk={lk}, causal={causal}"
             if tuple(out.shape) != tuple(q.shape):
                 return failed(name, f"{where}: output shape {tuple(out.shape)}, expected {tuple(q.shape)} (B, H, Lq, Dh)")
             if out.dtype != dtype:
                 return failed(name, f"{where}: output dtype {out.dtype}, expected {dtype} (the input's)")
-    return passed(name, "(B, H, Lq, Dh) out in float32 and bfloat16, with grouped kv heads and Lq < Lk")
+            if not torch.isfinite(out).all():
+                return failed(name, f"{where}: {int((~torch.isfinite(out)).sum())} NaN/Inf outputs")
+    wrong = parameter_dtypes(s.build(dtype=torch.float64), torch.float64)
+    if wrong:
+        return failed(name, f"built with dtype=torch.float64, {wrong}")
+    return passed(name, "finite (B, H, Lq, Dh) out in float32 and bfloat16, with grouped kv heads, bidirectional "
+                  "Lq < Lk and causal Lq < Lk; parameters built in the dtype asked for")
+
+
+def parameter_dtypes(module: torch.nn.Module, dtype: torch.dtype) -> str:
+    """Which parameters of ``module`` are not in ``dtype`` ('' when all are)."""
+    wrong = [f"{key} is {p.dtype}" for key, p in module.named_parameters() if p.dtype != dtype]
+    return ", ".join(wrong[:4])
 
 
 def masked_rows_finite(s: Subject) -> CheckResult:
@@ -58,31 +84,46 @@ def masked_rows_finite(s: Subject) -> CheckResult:
     mask = torch.ones(2, 1, q.shape[-2], k.shape[-2], dtype=torch.bool)
     mask[0, :, 4] = False  # one query row with no key
     mask[1] = False  # a whole sequence of padding
-    for causal in (False, True) if s.causal else (False,):
-        out = s.build(causal=causal)(q, k, v, mask=mask, causal=causal)
-        where = f"causal={causal}, mask blocking every key of query 4 in row 0 and all of row 1"
+    padding = (torch.arange(k.shape[-2])[None, :] < torch.tensor([0, 7])[:, None])[:, None, None, :]  # (B, 1, 1, Lk)
+    cases = [(mask, causal, f"causal={causal}, mask blocking every key of query 4 in row 0 and all of row 1",
+              torch.cat([torch.zeros(1, q.shape[1], dtype=torch.bool), torch.ones(1, q.shape[1], dtype=torch.bool)]))
+             for causal in ((False, True) if s.causal else (False,))]
+    cases.append((padding, False, "key padding mask (B, 1, 1, Lk) with every key of row 0 padded", None))
+    for allowed, causal, where, _ in cases:
+        out = s.build(causal=causal)(q, k, v, mask=allowed, causal=causal)
         if not torch.isfinite(out).all():
             return failed(name, f"{where}: {int((~torch.isfinite(out)).sum())} NaN/Inf outputs")
-        blocked = torch.cat([out[0, :, 4].flatten(), out[1].flatten()])
+        blocked = out[0].flatten() if allowed is padding else torch.cat([out[0, :, 4].flatten(), out[1].flatten()])
         if blocked.abs().max() > 0:
-            return failed(name, f"{where}: fully masked rows give {float(blocked.abs().max()):.3g}, expected zeros")
+            return failed(name, f"{where}: fully masked rows give {float(blocked.detach().abs().max()):.3g}, expected zeros")
         grads = torch.autograd.grad(out.square().sum(), (q, k, v))
         for label, grad in zip("qkv", grads):
             if not torch.isfinite(grad).all():
                 return failed(name, f"{where}: backward gives NaN/Inf in the gradient of {label}")
-    return passed(name, "fully masked rows give zeros, forward and backward finite")
+    return passed(name, "fully masked rows give zeros (full masks and key padding), forward and backward finite")
 
 
 def gradients_reach_parameters(s: Subject) -> CheckResult:
+    """Self, grouped-kv and cross shapes: q, k, v get finite gradients, every parameter a finite nonzero one."""
     name = "gradients_reach_parameters"
-    kernel = s.build(causal=s.causal)
-    params = dict(kernel.named_parameters())
+    params: dict = {}
+    for kv_heads, lq, lk, causal in _shapes(s):
+        if causal:
+            continue
+        kernel = s.build(kv_heads=kv_heads, causal=s.causal and lq == lk, cross=lq < lk and s.attends_across())
+        params = dict(kernel.named_parameters())
+        q, k, v = shaped(s, kv_heads, lq, lk, grad=True)
+        kernel(q, k, v, causal=s.causal and lq == lk).square().sum().backward()
+        where = f"Hkv={kv_heads}, Lq={lq}, Lk={lk}"
+        for label, t in zip("qkv", (q, k, v)):
+            if t.grad is None or not torch.isfinite(t.grad).all():
+                return failed(name, f"{where}: the gradient of {label} is {'missing' if t.grad is None else 'NaN/Inf'}")
+        if params:
+            result = gradient_result(name, params)
+            if result.failed:
+                return failed(name, f"{where}: {result.message}")
     if not params:
-        return not_applicable(name, "the kernel has no parameters (the projections around it are checked with the model)")
-    q, k, v = qkv()
-    out = kernel(q, k, v, causal=s.causal)
-    if out.requires_grad:
-        out.square().sum().backward()
+        return passed(name, "no parameters (the projections around it are checked with the model); q, k, v get finite gradients")
     return gradient_result(name, params)
 
 
@@ -180,6 +221,26 @@ def capabilities(s: Subject) -> CheckResult:
     if s.capability("supports_causal") and not s.causal:
         note += f"; causal and cache not tried: {s.causal_refusal()}"
     return passed(name, "tried: " + (", ".join(tried) or "nothing") + note)
+
+
+def kernel_causality(s: Subject) -> Optional[CheckResult]:
+    """Alone: changing q, k, v from t on, for every t, leaves causal outputs before t unchanged
+    (within 1e-6). None on a pass or where the kernel does not build causal."""
+    if not s.causal:
+        return None
+    kernel = s.build(causal=True)
+    q, k, v = qkv()
+    length = q.shape[-2]
+    with torch.no_grad():
+        base = kernel(q, k, v, causal=True)
+        for t in range(1, length):
+            future = torch.arange(t, length)
+            out = kernel(*(_perturbed(x, future) for x in (q, k, v)), causal=True)
+            diff, where = max_difference(out[:, :, :t], base[:, :, :t])
+            if diff > CAUSAL_ATOL:
+                return failed("causality", f"kernel alone: changing q, k, v at {t}..{length - 1} moves the causal output "
+                              f"at query {where[2]} by {diff:.3g}: query {where[2]} sees the future")
+    return None
 
 
 def kernel_padding_invariance(s: Subject) -> Optional[CheckResult]:

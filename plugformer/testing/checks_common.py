@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from plugformer.testing.checks_attention import parameter_dtypes
 from plugformer.testing.result import CheckResult, failed, not_applicable, passed
 from plugformer.testing.subject import D_MODEL, HEADS, Subject, first_line, gradient_result, jacobian_gap, max_difference
 
@@ -34,13 +35,13 @@ class PositionalProbe(nn.Module):
         return embedded, q, k, bias
 
 
-def part_module(s: Subject, *, dtype: torch.dtype = torch.float32, small: bool = False) -> nn.Module:
-    """The part as a module the checks can call; ``small`` builds it at d_model 8, 2 heads."""
+def part_module(s: Subject, *, dtype: torch.dtype = torch.float32, small: bool = False, seed: int = 0) -> nn.Module:
+    """The part as a module the checks can call, weights from ``seed``; ``small`` builds it at d_model 8, 2 heads."""
     sizes = {"d_model": 8, "heads": 2} if small else {}
     if s.kind == "block":
-        model = s.model(dtype=dtype, **sizes)
+        model = s.model(dtype=dtype, seed=seed, **sizes)
         return model.decoder.layers[0]
-    module = s.build(dtype=dtype, **sizes)
+    module = s.build(dtype=dtype, seed=seed, **sizes)
     return PositionalProbe(module) if s.kind == "positional" else module
 
 
@@ -73,6 +74,13 @@ def shapes_dtypes(s: Subject) -> CheckResult:
                 return failed(name, f"{dtype}: {label} has shape {tuple(out.shape)}, expected {tuple(arg.shape)}")
             if out.dtype != dtype:
                 return failed(name, f"{dtype} in: {label} comes out {out.dtype}")
+            if not torch.isfinite(out).all():
+                return failed(name, f"{dtype}: {label} holds {int((~torch.isfinite(out)).sum())} NaN/Inf")
+        if s.kind == "positional" and s.capability("uses_bias") and not torch.isfinite(outs[-1]).all():
+            return failed(name, f"{dtype}: the score bias holds NaN/Inf")
+    wrong = parameter_dtypes(part_module(s, dtype=torch.float64), torch.float64)
+    if wrong:
+        return failed(name, f"built with dtype=torch.float64, {wrong}")
     if s.kind == "positional" and s.capability("uses_bias"):
         encoding = s.build()
         for q_pos, k_pos in _index_shapes():
@@ -115,8 +123,11 @@ def gradients_reach_parameters(s: Subject) -> CheckResult:
     params = dict(module.named_parameters())
     if not params:
         return not_applicable(name, f"the {s.kind} has no parameters")
-    args = inputs(s, batch=4, length=32)
-    sum(out.float().square().sum() for out in call(s, module, args)).backward()
+    args = inputs(s, batch=4, length=32, grad=True)  # 128 tokens: enough to reach every expert of a MoE
+    sum(out.float().square().sum() for out in call(s, module, args) if out.requires_grad).backward()
+    missing = [i for i, arg in enumerate(args) if arg.grad is None or not torch.isfinite(arg.grad).all()]
+    if missing:
+        return failed(name, f"input {missing[0]} gets {'no' if args[missing[0]].grad is None else 'a NaN/Inf'} gradient")
     return gradient_result(name, params)
 
 

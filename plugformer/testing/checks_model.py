@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from plugformer.testing import checks_attention
+from plugformer.registry.spec import Spec
+from plugformer.testing import checks_attention, checks_common, checks_encdec
 from plugformer.testing.result import CheckResult, failed, not_applicable, passed
-from plugformer.testing.subject import VOCAB, Subject, max_difference
+from plugformer.testing.subject import HEADS, VOCAB, Subject, max_difference
 
 ATOL = 1e-5
 LENGTH = 20
@@ -35,23 +36,23 @@ def unfit(s: Subject, name: str) -> Optional[CheckResult]:
 
 
 def causality(s: Subject) -> CheckResult:
-    """Changing the tokens from position t on, for every t, leaves the logits before t unchanged."""
+    """Changing the tokens from position t on, for every t, leaves the logits before t unchanged
+    (within 1e-6) and moves those from t on: in the LM, in the encoder-decoder's decoder and, for
+    a kernel, on q, k, v alone."""
     name = "causality"
     if unfit(s, name):
         return unfit(s, name)
     if s.kind == "attention" and not s.capability("supports_causal"):
         return not_applicable(name, "the kernel declares supports_causal=False")
-    model, x = s.model(), ids()
+    model = s.model()
     with torch.no_grad():
-        base = model(x)
-        for t in range(1, LENGTH):
-            changed = x.clone()
-            changed[:, t:] = (x[:, t:] + 1 + torch.arange(LENGTH - t)) % VOCAB
-            diff, where = max_difference(model(changed)[:, :t], base[:, :t])
-            if diff > ATOL:
-                return failed(name, f"changing tokens {t}..{LENGTH - 1} moved the logits at position {where[1]} "
-                              f"(batch row {where[0]}) by {diff:.3g}: position {where[1]} sees the future")
-    return passed(name, f"no logit before t moves when tokens t.. change, for every t in 1..{LENGTH - 1}")
+        found = checks_encdec.future_moves_past(name, "model", model, ids())
+    if found is None and s.kind == "attention":
+        found = checks_attention.kernel_causality(s)
+    found = found or checks_encdec.causality(s, name)
+    return found or passed(name, f"no logit before t moves (within {checks_encdec.CAUSAL_ATOL:g}) and later ones do "
+                           f"when tokens t.. change, for every t: LM, encdec decoder"
+                           + (", kernel alone" if s.kind == "attention" else ""))
 
 
 def cached_decoding(s: Subject) -> CheckResult:
@@ -61,17 +62,24 @@ def cached_decoding(s: Subject) -> CheckResult:
         return unfit(s, name)
     if s.kind == "attention" and not s.capability("supports_cache"):
         return not_applicable(name, "the kernel declares supports_cache=False")
-    model, x, prefill = s.model(), ids(), 5
-    with torch.no_grad():
-        full = model(x)
-        caches = model.new_caches()
-        steps = [model(x[:, :prefill], caches=caches)]
-        steps += [model(x[:, i:i + 1], caches=caches) for i in range(prefill, LENGTH)]
-    diff, where = max_difference(torch.cat(steps, dim=1), full)
-    if diff > ATOL:
-        return failed(name, f"cached decoding (prefill {prefill}, then one token a step) differs from the full pass "
-                      f"by {diff:.3g} at position {where[1]} (batch row {where[0]})")
-    return passed(name, f"prefill {prefill} + {LENGTH - prefill} one-token steps equal one pass of {LENGTH}")
+    x, prefill = ids(), 5
+    variants = [{}] + ([{"pe": Spec("learned")}, {"pe": Spec("sinusoidal")}] if s.kind == "attention" else [])
+    for args in variants:
+        model = s.model(**args)
+        with torch.no_grad():
+            full = model(x)
+            caches = model.new_caches()
+            steps = [model(x[:, :prefill], caches=caches)]
+            steps += [model(x[:, i:i + 1], caches=caches) for i in range(prefill, LENGTH)]
+        diff, where = max_difference(torch.cat(steps, dim=1), full)
+        if diff > ATOL:
+            label = "".join(f", {k}={v}" for k, v in args.items())
+            return failed(name, f"model{label}: cached decoding (prefill {prefill}, then one token a step) differs from "
+                          f"the full pass by {diff:.3g} at position {where[1]} (batch row {where[0]})")
+    found = checks_encdec.cached_decoding(s, name)
+    return found or passed(name, f"prefill {prefill} + {LENGTH - prefill} one-token steps equal one pass of {LENGTH}"
+                           + (" (pe default, learned, sinusoidal)" if s.kind == "attention" else "")
+                           + "; encdec decoder too; sessions with and without caches agree, padded and not")
 
 
 def padding_invariance(s: Subject) -> CheckResult:
@@ -86,25 +94,26 @@ def padding_invariance(s: Subject) -> CheckResult:
     if unfit(s, name):
         return passed(name, "kernel: bidirectional left/right key padding (the causal LM does not apply: "
                       + s.causal_refusal() + ")")
-    model, pad = s.model(), 6
-    long, short, filler = ids(1, LENGTH, seed=1), ids(1, LENGTH - pad, seed=2), ids(1, pad, seed=3)
+    model = s.model()
+    rows = [ids(1, n, seed=1 + i)[0] for i, n in enumerate((LENGTH, 14, 9, 4))]
     with torch.no_grad():
-        alone = {"full-length row 0": model(long)[0], "padded row 1": model(short)[0]}
+        alone = [model(row[None])[0] for row in rows]
         for side in ("left", "right"):
-            real = slice(pad, LENGTH) if side == "left" else slice(0, LENGTH - pad)
-            padded = torch.cat([filler, short] if side == "left" else [short, filler], dim=1)
-            mask = torch.ones(2, LENGTH, dtype=torch.bool)
-            mask[0] = False
-            mask[1, real] = False
-            extra = {"left_padding": torch.tensor([0, pad])} if side == "left" else {}
-            out = model(torch.cat([long, padded]), key_padding_mask=mask, **extra)
-            for (label, want), got in zip(alone.items(), (out[0], out[1, real])):
-                diff, where = max_difference(got, want)
+            batch, padding = checks_encdec.padded(rows, left=side == "left")
+            extra = {"left_padding": padding.sum(1)} if side == "left" else {}
+            out = model(batch, key_padding_mask=padding, **extra)
+            if not torch.isfinite(out).all():
+                return failed(name, f"model, rows {side}-padded: NaN/Inf logits (padded positions included)")
+            for i, want in enumerate(alone):
+                diff, where = max_difference(out[i][~padding[i]], want)
                 if diff > ATOL:
-                    return failed(name, f"model, {pad} {side} pads in row 1: the {label}'s real tokens' logits differ "
-                                  f"from the row alone by {diff:.3g} at real position {where[0]}")
-    return passed(name, "rows padded left and right (masked) equal the rows alone"
-                  + ("; kernel: bidirectional left/right key padding too" if s.kind == "attention" else ""))
+                    return failed(name, f"model, {int(padding[i].sum())} {side} pads in row {i}: its real tokens' logits "
+                                  f"differ from the row alone by {diff:.3g} at real position {where[0]}")
+    found = checks_encdec.lm_padding(s, name, model) or checks_encdec.encdec_padding(s, name)
+    return found or passed(name, "rows of 20, 14, 9, 4 tokens padded left and right (masked) equal the rows alone, "
+                           "in the LM and (sources) the encdec; pads' contents move no real logit; greedy generation "
+                           "from padded batches equals each prompt alone"
+                           + ("; kernel: bidirectional left/right key padding too" if s.kind == "attention" else ""))
 
 
 def kernel_swap(s: Subject) -> CheckResult:
@@ -144,6 +153,9 @@ def state_dict_roundtrip(s: Subject) -> CheckResult:
     name = "state_dict_roundtrip"
     if unfit(s, name):
         return unfit(s, name)
+    found = _part_roundtrip(s, name)
+    if found:
+        return found
     model, other, x = s.model(seed=0), s.model(seed=1), ids()
     other.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -158,7 +170,28 @@ def state_dict_roundtrip(s: Subject) -> CheckResult:
         diff, where = max_difference(loaded(x), want)
     if diff > 0:
         return failed(name, f"plugformer.save/load: logits differ by {diff:.3g} at {where}")
-    return passed(name, "load_state_dict and plugformer.save/load give identical logits")
+    return passed(name, "load_state_dict (the part alone and in a model) and plugformer.save/load give identical outputs")
+
+
+def _part_roundtrip(s: Subject, name: str) -> Optional[CheckResult]:
+    """The part alone (attention: grouped kv heads), seed-0 weights loaded strictly into a seed-1 build."""
+    if s.kind == "attention":
+        kv_heads = HEADS // 2
+        built = [s.build(seed=seed, kv_heads=kv_heads, causal=s.causal) for seed in (0, 1)]
+        q, k, v = checks_attention.qkv(kv_heads=kv_heads)
+        run = lambda m: (m(q, k, v, causal=s.causal),)  # noqa: E731
+    else:
+        built = [checks_common.part_module(s, seed=seed) for seed in (0, 1)]
+        args = checks_common.inputs(s)
+        run = lambda m: checks_common.call(s, m, args)  # noqa: E731
+    built[1].load_state_dict(built[0].state_dict(), strict=True)
+    with torch.no_grad():
+        for i, (got, want) in enumerate(zip(run(built[1]), run(built[0]))):
+            diff, where = max_difference(got, want)
+            if diff > 0:
+                return failed(name, f"the {s.kind} alone: output {i} differs by {diff:.3g} at {where} after "
+                              f"load_state_dict (state not in the state dict?)")
+    return None
 
 
 def determinism(s: Subject) -> CheckResult:

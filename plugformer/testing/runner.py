@@ -65,32 +65,37 @@ def run_checks(spec: str | Spec, kind: Optional[str] = None, *, registry: Option
 
 
 def shapes_dtypes(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """Output shapes kept and input dtype kept, float32 and bfloat16 (and a score bias's (H, *shape))."""
+    """Output shapes and input dtype kept, float32 and bfloat16, outputs finite (attention: self,
+    grouped kv heads, cross Lq < Lk; a score bias's (H, *shape)); parameters built in the dtype asked for."""
     return run_check("shapes_dtypes", spec, kind, registry=registry)
 
 
 def masked_rows_finite(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """A query row with every key masked gives zeros, never NaN or Inf, forward and backward."""
+    """A query row with every key masked (full masks and (B, 1, 1, Lk) key padding) gives zeros,
+    never NaN or Inf, forward and backward."""
     return run_check("masked_rows_finite", spec, kind, registry=registry)
 
 
 def gradients_reach_parameters(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """Every parameter of the part gets a finite gradient, nonzero somewhere."""
+    """Every parameter of the part gets a finite gradient, nonzero somewhere; its inputs finite ones."""
     return run_check("gradients_reach_parameters", spec, kind, registry=registry)
 
 
 def causality(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """In a causal LM, changing the tokens from any position t on leaves every logit before t unchanged."""
+    """Changing the tokens from any position t on leaves every output before t unchanged (within
+    1e-6) and moves those from t on: in a causal LM, an encoder-decoder's decoder, a kernel alone."""
     return run_check("causality", spec, kind, registry=registry)
 
 
 def cached_decoding(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """Decoding with KV caches (prefill, then one token a step) equals one full pass."""
+    """Decoding with KV caches (prefill, then one token a step) equals one full pass, in an LM and
+    an encoder-decoder; generation sessions with and without caches agree, prompts padded or not."""
     return run_check("cached_decoding", spec, kind, registry=registry)
 
 
 def padding_invariance(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """A row padded on the left or the right (padding masked) equals the row alone."""
+    """A row padded on the left or the right (padding masked) equals the row alone, in an LM and an
+    encoder-decoder; pads' contents move no real output; greedy generation equals each prompt alone."""
     return run_check("padding_invariance", spec, kind, registry=registry)
 
 
@@ -100,7 +105,7 @@ def kernel_swap(spec: str | Spec, kind: Optional[str] = None, *, registry: Optio
 
 
 def state_dict_roundtrip(spec: str | Spec, kind: Optional[str] = None, *, registry: Optional[Registry] = None) -> CheckResult:
-    """``load_state_dict`` and ``plugformer.save``/``load`` give identical outputs."""
+    """``load_state_dict`` (the part alone and in a model) and ``plugformer.save``/``load`` give identical outputs."""
     return run_check("state_dict_roundtrip", spec, kind, registry=registry)
 
 

@@ -66,6 +66,32 @@ class Subject:
         torch.manual_seed(seed)
         return build(self.model_spec(**model_args), registry=self.registry, dtype=dtype).eval()
 
+    def encdec_spec(self, **model_args: Any) -> Spec:
+        """``transformer_tiny`` at the kit's sizes with this part in its slot (encoder and decoder)."""
+        args = {"d_model": D_MODEL, "heads": HEADS, "layers": 2, "vocab": VOCAB, "max_len": MAX_LEN,
+                MODEL_SLOTS[self.kind]: self.spec, **model_args}
+        if self.kind == "positional" and "attn" not in model_args:
+            args["attn"] = Spec("dense")
+        return Spec("transformer_tiny", list(args.items()))
+
+    def encdec(self, *, seed: int = 0, **model_args: Any) -> nn.Module:
+        """An encoder-decoder (``transformer_tiny``) built around the part, eval mode, weights from
+        ``seed``; cross-attention is ``dense`` where the kernel refuses to attend across sequences."""
+        if self.kind == "attention" and "cross_attn" not in model_args and not self.attends_across():
+            model_args["cross_attn"] = Spec("dense")
+        torch.manual_seed(seed)
+        return build(self.encdec_spec(**model_args), registry=self.registry).eval()
+
+    def attends_across(self) -> bool:
+        """Whether the kernel builds as cross-attention (``local`` windows refuse: a window means
+        nothing across two sequences)."""
+        try:
+            build_part(self.kind, self.spec, registry=self.registry, d_model=D_MODEL, heads=HEADS,
+                       cross=True, decoder=True, device="meta")
+        except SpecError:
+            return False
+        return True
+
     def causal_refusal(self) -> Optional[str]:
         """Why this spec cannot be built for causal attention (``bra(routing='region')``), or None."""
         if self.kind != "attention":

@@ -1,5 +1,9 @@
-"""Encoder, Decoder, Seq2SeqStack and the token models around them: causality, padding,
-incremental decoding, for every registered attention kernel."""
+"""Encoder, Decoder, Seq2SeqStack and the token models around them.
+
+Causality, padding and incremental decoding of every attention kernel (and every other part)
+in ``gpt_tiny`` and ``transformer_tiny`` are the conformance kit's checks (``causality``,
+``padding_invariance``, ``cached_decoding``), run over the built-in parts in
+tests/testing/test_builtins.py."""
 
 import pytest
 import torch
@@ -7,102 +11,14 @@ import torch
 import plugformer
 from plugformer.core.stack import Seq2SeqStack
 
-#: Arguments that make kernels differ from dense attention at these test sizes (sequences
-#: span more regions than topk, more positions than the window).
-KERNEL_ARGS = {"bra": "bra(region=4, topk=2)", "local": "local(window=4)"}
-
-
-def kernels(capability: str):
-    """Every registered attention kernel that declares ``capability``, as spec text."""
-    params = []
-    for part in plugformer.registry.list("attention"):
-        text = KERNEL_ARGS.get(part.name, part.name)
-        marks = []
-        if part.name not in KERNEL_ARGS and any(arg.required for arg in part.args):
-            marks.append(pytest.mark.skip(reason=f"{part.name} needs arguments; add it to KERNEL_ARGS"))
-        elif not part.capabilities.get(capability, True):
-            marks.append(pytest.mark.skip(reason=f"{part.name} does not declare {capability}"))
-        params.append(pytest.param(text, id=part.name, marks=marks))
-    return params
-
 
 def build(spec: str):
     torch.manual_seed(0)
     return plugformer.build(spec).eval()
 
 
-def build_encdec(attn: str):
-    """transformer_tiny with ``attn`` everywhere, or everywhere but cross-attention when the
-    kernel refuses to attend across two sequences (sliding windows)."""
-    try:
-        return build(f"transformer_tiny(attn={attn})")
-    except plugformer.SpecError as err:
-        if "cross" not in str(err):
-            raise
-        return build(f"transformer_tiny(attn={attn}, cross_attn=fused)")
-
-
 def ids(*shape, seed=0):
     return torch.randint(3, 256, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def changed_at(x, t):
-    y = x.clone()
-    y[:, t] = 3 + (x[:, t] - 3 + 101) % 253
-    return y
-
-
-@pytest.mark.parametrize("attn", kernels("supports_causal"))
-def test_encdec_decoder_is_causal(attn):
-    model = build_encdec(attn)
-    src, tgt = ids(2, 10), ids(2, 12, seed=1)
-    with torch.no_grad():
-        logits = model(src, tgt)
-        for t in (1, 6, 11):
-            other = model(src, changed_at(tgt, t))
-            assert (other[:, :t] - logits[:, :t]).abs().max() <= 1e-6, f"position {t} leaks backwards"
-            assert (other[:, t:] - logits[:, t:]).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("attn", kernels("supports_causal"))
-def test_lm_is_causal(attn):
-    model = build(f"gpt_tiny(attn={attn})")
-    x = ids(2, 12)
-    with torch.no_grad():
-        logits = model(x)
-        for t in (1, 6, 11):
-            other = model(changed_at(x, t))
-            assert (other[:, :t] - logits[:, :t]).abs().max() <= 1e-6, f"position {t} leaks backwards"
-            assert (other[:, t:] - logits[:, t:]).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("attn", kernels("supports_mask"))
-def test_encdec_outputs_do_not_depend_on_padding_contents(attn):
-    model = build_encdec(attn)
-    src, tgt = ids(2, 10), ids(2, 12, seed=1)
-    src_pad = torch.arange(10)[None, :] >= torch.tensor([10, 6])[:, None]  # right padding
-    tgt_pad = torch.arange(12)[None, :] < torch.tensor([0, 4])[:, None]  # left padding
-    masks = dict(src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad)
-    with torch.no_grad():
-        logits = model(src, tgt, **masks)
-        other = model(
-            torch.where(src_pad, ids(2, 10, seed=5), src), torch.where(tgt_pad, ids(2, 12, seed=6), tgt), **masks
-        )
-    assert torch.isfinite(logits).all()
-    real = ~tgt_pad
-    assert (other[real] - logits[real]).abs().max() <= 1e-5
-
-
-@pytest.mark.parametrize("attn", kernels("supports_mask"))
-def test_lm_outputs_do_not_depend_on_padding_contents(attn):
-    model = build(f"gpt_tiny(attn={attn})")
-    x = ids(2, 12)
-    pad = torch.arange(12)[None, :] < torch.tensor([0, 5])[:, None]  # left padding
-    with torch.no_grad():
-        logits = model(x, key_padding_mask=pad)
-        other = model(torch.where(pad, ids(2, 12, seed=7), x), key_padding_mask=pad)
-    assert torch.isfinite(logits).all()
-    assert (other[~pad] - logits[~pad]).abs().max() <= 1e-5
 
 
 def test_pad_id_gives_the_padding_mask():
@@ -113,28 +29,6 @@ def test_pad_id_gives_the_padding_mask():
         by_id = model(src, tgt)
         by_mask = model(src, tgt, src_key_padding_mask=src == 0)
     assert torch.equal(by_id, by_mask)
-
-
-@pytest.mark.parametrize("attn", kernels("supports_cache"))
-def test_encdec_incremental_decoding_equals_the_full_pass(attn, cached_logits):
-    model = build_encdec(attn)
-    src, tgt = ids(2, 10), ids(2, 9, seed=1)
-    with torch.no_grad():
-        memory = model.encode(src)
-        full = model.decode(tgt, memory)
-        cached = cached_logits(model, tgt, prefix=3, memory=memory)
-    assert (cached - full).abs().max() <= 1e-5
-
-
-@pytest.mark.parametrize("pe", ["learned", "sinusoidal"])
-@pytest.mark.parametrize("attn", kernels("supports_cache"))
-def test_lm_incremental_decoding_equals_the_full_pass(attn, pe, cached_logits):
-    model = build(f"gpt_tiny(attn={attn}, pe={pe})")
-    x = ids(2, 9)
-    with torch.no_grad():
-        full = model(x)
-        cached = cached_logits(model, x, prefix=4)
-    assert (cached - full).abs().max() <= 1e-5
 
 
 # --------------------------------------------------------------------------------- Seq2SeqStack

@@ -29,7 +29,7 @@ class Attention(AttentionKernel):
     def allowed(self, mask: Optional[Tensor], causal: bool, lq: int, lk: int, device) -> Optional[Tensor]:
         return with_causal(mask, causal, lq, lk, device)
 
-    def keys(self, k: Tensor, v: Tensor, lq: int) -> tuple[Tensor, Tensor]:
+    def keys(self, k: Tensor, v: Tensor, lq: int, causal: bool) -> tuple[Tensor, Tensor]:
         return k, v
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, causal: bool = False,
@@ -37,7 +37,7 @@ class Attention(AttentionKernel):
         """q: (B, H, Lq, Dh), k/v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh)."""
         heads, lq, lk = q.shape[1], q.shape[-2], k.shape[-2]
         allowed = self.allowed(mask, causal, lq, lk, q.device)
-        k, v = self.keys(repeat_kv(k, heads), repeat_kv(v, heads), lq)
+        k, v = self.keys(repeat_kv(k, heads), repeat_kv(v, heads), lq, causal)
         if allowed is not None:
             allowed = allowed[..., -k.shape[-2]:]
         scores = (q @ k.transpose(-2, -1)) * self.scale(lq, k.shape[-2], q.shape[-1])  # (B, H, Lq, Lk)
@@ -83,10 +83,10 @@ class NanRows(Attention):
 
 
 class IgnoresCache(Attention):
-    """Declares supports_cache, but a chunk of queries after a cache attends only to itself."""
+    """Declares supports_cache, but a causal chunk of queries after a cache attends only to itself."""
 
-    def keys(self, k, v, lq):
-        if 1 < lq < k.shape[-2]:
+    def keys(self, k, v, lq, causal):
+        if causal and 1 < lq < k.shape[-2]:
             return k[..., -lq:, :], v[..., -lq:, :]
         return k, v
 
