@@ -276,11 +276,19 @@ def compare(
                                                    run=run, metric=f"val_{primary}",
                                                    run_many=run_many)
             else:
-                for variant in variants:
-                    if not variant.row.ok:
-                        notify(variant, "failed", message=variant.row.error)
-                run_many([(Candidate(v.row.label, rate), run_seed, steps) for run_seed in seed_list
-                          for v in variants if v.row.ok for rate in rates])
+                grid: list[tuple[Candidate, int, int]] = []  # for the workers, all at once
+                for run_seed in seed_list:
+                    for variant in variants:
+                        if not variant.row.ok and run_seed == seed:
+                            notify(variant, "failed", message=variant.row.error)
+                        jobs = [(Candidate(variant.row.label, rate), run_seed, steps)
+                                for rate in (rates if variant.row.ok else ())]
+                        if queue is None:
+                            run_many(jobs)
+                        else:
+                            grid.extend(jobs)
+                if grid:
+                    run_many(grid)
         except KeyboardInterrupt:
             _log.warning("interrupted: %d run(s) finished", len(records))
             described.update(interrupted=True, wall_s=time.perf_counter() - started)
