@@ -45,7 +45,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from plugformer.compare.store import RunPlan, RunRecord
 
-__all__ = ["MAX_ATTEMPTS", "STALE_BEATS", "Claim", "RunQueue", "comparison_name", "sqlite_url"]
+__all__ = ["MAX_ATTEMPTS", "STALE_BEATS", "Claim", "RunQueue", "comparison_name", "engine_url",
+           "sqlite_url"]
 
 _log = logging.getLogger("plugformer")
 
@@ -129,7 +130,7 @@ class RunQueue:
         options: dict[str, Any] = {}
         if url.startswith("sqlite"):
             options["connect_args"] = {"timeout": 60}
-        self.engine = sa.create_engine(url, **options)
+        self.engine = sa.create_engine(engine_url(url), **options)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         meta, self.comparisons, self.runs = _tables()
@@ -349,6 +350,19 @@ class RunQueue:
         stop.set()
         thread.join()
         self.finish(claim, record)
+
+
+def engine_url(url: str) -> str:
+    """``postgresql://...`` with the driver that is installed (SQLAlchemy 2.1 defaults to
+    psycopg 3, 2.0 to psycopg2; ``plugformer[dist]`` brings psycopg2-binary)."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://" + url[len("postgresql://"):]
+    return url
 
 
 def _sqlite_wal(connection: Any, _record: Any) -> None:

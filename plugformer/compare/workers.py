@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from plugformer.compare.db import RunQueue, sqlite_url
+from plugformer.compare.progress import LogLines
 from plugformer.compare.result import Comparison
 from plugformer.compare.store import RunStore
 
@@ -79,7 +80,8 @@ def start(url: Optional[str], settings: Optional[dict[str, Any]] = None, *, work
         url: a SQLAlchemy URL; None: ``sqlite:///<out>/runs.db``.
         settings: `SETTINGS` of `plugformer.compare.compare` (``specs`` as strings), or None
             to join an existing comparison.
-        workers: worker processes to start here (0: none, only write the results).
+        workers: workers here: this process and ``workers - 1`` more (0: none; with ``out``
+            this process still trains what is left, then writes the results).
         name: the comparison's name in the database (default: from its settings, or the only
             one there when joining).
         out: the folder for the results; None: leave that to another process.
@@ -94,7 +96,6 @@ def start(url: Optional[str], settings: Optional[dict[str, Any]] = None, *, work
     Raises:
         ValueError: no ``url`` and no ``out``; a bad ``workers``, ``threads`` or ``device``;
             the named comparison has other settings, or is not in the database.
-        RuntimeError: a worker failed (its error is in the log above).
     """
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
@@ -111,31 +112,26 @@ def start(url: Optional[str], settings: Optional[dict[str, Any]] = None, *, work
             raise ValueError(f"not settings of a comparison: {', '.join(sorted(unknown))}")
         queue = RunQueue.create(url, settings, name=name, heartbeat=heartbeat, poll=poll)
     per_worker = worker_threads(threads, max(1, workers))
-    devices = [worker_device(device, index) for index in range(workers)]
+    devices = [worker_device(device, index) for index in range(max(1, workers))]
     _log.info("comparison %s in %s: %d worker(s), %d thread(s) each, on %s", queue.name,
-              _safe(url), workers, per_worker, ", ".join(devices) or "none")
+              _safe(url), workers, per_worker, ", ".join(devices[:workers]) or "none")
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_work, name=f"plugformer-worker-{index}",
                                  args=(url, queue.name, devices[index], per_worker, poll))
-                 for index in range(workers)]
+                 for index in range(1, workers)]  # this process is worker 0
     for process in processes:
         process.start()
+    result = None
+    if out is not None:
+        result = finish(queue, out, device=devices[0], threads=per_worker)
+    elif workers:
+        _work(url, queue.name, devices[0], per_worker, poll, queue=queue)
     for process in processes:
         process.join()
-    died = [p for p in processes if p.exitcode != 0]
-    for process in died:
-        _log.warning("%s exited with %s; its run, if any, goes to another worker",
-                     process.name, process.exitcode)
-    left = sum(row.status != "done" for row in queue.rows())
-    if out is None:
-        if left:
-            _log.info("%d run(s) not done yet; other workers go on", left)
-        return None
-    if left and died and len(died) == len(processes):
-        raise RuntimeError(f"every worker here failed and {left} run(s) are not done: "
-                           f"see the log above")
-    return finish(queue, out, device=devices[0] if devices else worker_device(device, 0),
-                  threads=per_worker)
+        if process.exitcode != 0:
+            _log.warning("%s exited with %s; its run, if any, went to another worker",
+                         process.name, process.exitcode)
+    return result
 
 
 def finish(queue: RunQueue, out: Union[str, os.PathLike], *, device: str = "cpu",
@@ -149,8 +145,9 @@ def finish(queue: RunQueue, out: Union[str, os.PathLike], *, device: str = "cpu"
 
     if threads is not None:
         torch.set_num_threads(threads)
-    settings = queue.stored()["compare"]
-    result = compare(**settings, device=device, out=out, progress=False, queue=queue)
+    with LogLines() as lines:
+        result = compare(**queue.stored()["compare"], device=device, out=out, progress=lines,
+                         queue=queue)
     _export(result, Path(out))
     return result
 
@@ -166,16 +163,17 @@ def _export(result: Comparison, out: Path) -> None:
     os.replace(partial, out / RunStore.FILENAME)
 
 
-def _work(url: str, name: str, device: str, threads: int, poll: float) -> None:
-    """One worker process: train runs of comparison ``name`` until every one is done."""
+def _work(url: str, name: str, device: str, threads: int, poll: float,
+          queue: Optional[RunQueue] = None) -> None:
+    """One worker: train runs of comparison ``name`` until every one is done."""
     import torch
 
     from plugformer.compare.runner import compare
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(threads)
-    queue = RunQueue.join(url, name, poll=poll)
-    compare(**queue.stored()["compare"], device=device, progress=False, queue=queue)
+    queue = queue or RunQueue.join(url, name, poll=poll)
+    with LogLines() as lines:
+        compare(**queue.stored()["compare"], device=device, progress=lines, queue=queue)
 
 
 def run_shared(args: argparse.Namespace, *, specs: list[Any], settings: dict[str, Any],

@@ -26,11 +26,11 @@ from plugformer.compare.store import RunPlan, RunRecord, RunStore
 sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("matplotlib")
 
-from plugformer.compare.db import MAX_ATTEMPTS, STALE_BEATS, RunQueue, sqlite_url  # noqa: E402
+from plugformer.compare.db import MAX_ATTEMPTS, STALE_BEATS, RunQueue, engine_url, sqlite_url  # noqa: E402,E501
 
 SPEC = "transformer_tiny(d_model=32, heads=2, layers=1, ffn=relu(d_ff=64), attn={dense, fused})"
 TASK = "copy(length=6, vocab=8, eval_size=32)"
-ARGV = [SPEC, "--task", TASK, "--steps", "40", "--batch", "8", "--timing-repeats", "1",
+ARGV = [SPEC, "--task", TASK, "--steps", "24", "--batch", "8", "--timing-repeats", "1",
         "--seeds", "2", "--curve-points", "2", "--threads", "1"]
 ROOT = Path(__file__).resolve().parents[2]
 _TIMES = ("seconds", "train_s", "eval_s", "wall_s", "time_fwd_s", "time_fwd_bwd_s", "threads")
@@ -68,7 +68,7 @@ def _launch(*extra: str) -> subprocess.Popen:
 
 
 def _rows(url: str) -> list:
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(engine_url(url))
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT key, variant, status, attempts, worker "
                                     "FROM plugformer_runs ORDER BY id")).all()
@@ -104,23 +104,27 @@ def test_a_killed_workers_run_is_redone_by_another_and_counted_once(tmp_path, on
     out = tmp_path / "out"
     out.mkdir()
     url = sqlite_url(out)
-    process = _launch("--workers", "2", "--out", str(out), "--heartbeat", "0.2")
-    deadline, victim = time.monotonic() + 120, None
-    while victim is None and time.monotonic() < deadline and process.poll() is None:
+    victim = _launch("--workers", "1", "--storage", url, "--heartbeat", "0.2")
+    deadline, held = time.monotonic() + 120, None
+    while held is None and time.monotonic() < deadline and victim.poll() is None:
         try:
-            running = [row for row in _rows(url) if row.status == "running"]
+            held = next((row for row in _rows(url) if row.status == "running"), None)
         except sa.exc.OperationalError:  # the tables are not there yet
-            running = []
-        victim = running[0] if running else None
+            pass
         time.sleep(0.02)
-    assert victim is not None, "no run was ever seen running"
-    os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    assert held is not None, "the worker never held a run"
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL and held.worker.endswith(f":{victim.pid}")
+    assert next(row for row in _rows(url) if row.key == held.key).status == "running"
+    _, killed_log = victim.communicate()
+
+    process = _launch("--workers", "1", "--storage", url, "--out", str(out))
     stdout, log = process.communicate(timeout=300)
     assert process.returncode == 0, log
-    assert re.search(rf"taking over run {victim.key} .* from {re.escape(victim.worker)}", log), log
-    _check_once(out, url, log, one_process, redone={victim.key})
-    redone = next(row for row in _rows(url) if row.key == victim.key)
-    assert redone.worker != victim.worker
+    assert re.search(rf"taking over run {held.key} .* from {re.escape(held.worker)}", log), log
+    _check_once(out, url, killed_log + log, one_process, redone={held.key})
+    redone = next(row for row in _rows(url) if row.key == held.key)
+    assert redone.worker.endswith(f":{process.pid}")
 
 
 @pytest.fixture(scope="module")
