@@ -335,8 +335,11 @@ class RunQueue:
 
         def beating() -> None:
             while not stop.wait(self.heartbeat):
-                if not self.beat(claim):
-                    return
+                try:
+                    if not self.beat(claim):
+                        return
+                except Exception as err:  # a lost connection: try again at the next beat
+                    _log.warning("worker %s: heartbeat failed: %s", self.worker, err)
 
         thread = threading.Thread(target=beating, name="plugformer-heartbeat", daemon=True)
         thread.start()
