@@ -43,6 +43,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import attrs
+
 from plugformer.compare.store import RunPlan, RunRecord
 
 __all__ = ["MAX_ATTEMPTS", "STALE_BEATS", "Claim", "RunQueue", "comparison_name", "engine_url",
@@ -94,11 +96,15 @@ def _tables() -> tuple[Any, Any, Any]:
     return meta, comparisons, runs
 
 
+@attrs.frozen
 class Claim:
-    """A run this worker holds: row ``id``, claimed on attempt ``attempts``."""
+    """A run this worker holds: row ``id`` of the table, claimed on attempt ``attempts``, the
+    variant's label and the run's plan."""
 
-    def __init__(self, id: int, attempts: int, variant: str, plan: RunPlan) -> None:
-        self.id, self.attempts, self.variant, self.plan = id, attempts, variant, plan
+    id: int
+    attempts: int
+    variant: str
+    plan: RunPlan
 
 
 class RunQueue:
@@ -134,7 +140,10 @@ class RunQueue:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         meta, self.comparisons, self.runs = _tables()
-        meta.create_all(self.engine, checkfirst=True)
+        try:
+            meta.create_all(self.engine, checkfirst=True)
+        except sa.exc.DatabaseError:  # another worker created them at the same moment
+            meta.create_all(self.engine, checkfirst=True)
         self._watched: dict[int, tuple[int, int, float]] = {}
 
     @classmethod

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from plugformer.compare.db import RunQueue, sqlite_url
 from plugformer.compare.progress import LogLines
@@ -188,9 +188,9 @@ def run_shared(args: argparse.Namespace, *, specs: list[Any], settings: dict[str
               "timing_repeats": args.timing_repeats, "schedule": args.schedule,
               "precision": args.precision, "compile": args.compile, "grad_accum": args.grad_accum}
     workers = 1 if args.workers is None else args.workers
-    result = start(args.storage, wanted, workers=workers, name=args.study, out=out,
-                   device=args.device, threads=settings["threads"], heartbeat=args.heartbeat)
-    return _shown(result, out)
+    return _shown(lambda: start(args.storage, wanted, workers=workers, name=args.study, out=out,
+                                device=args.device, threads=settings["threads"],
+                                heartbeat=args.heartbeat), out)
 
 
 def run_join(args: argparse.Namespace) -> int:
@@ -200,12 +200,19 @@ def run_join(args: argparse.Namespace) -> int:
         raise ValueError("--join takes the comparison from the database: give no SPEC or --demo "
                          "(the settings are those it was started with)")
     workers = 1 if args.workers is None else args.workers
-    result = start(args.join, None, workers=workers, name=args.study, out=args.out,
-                   device=args.device, threads=args.threads, poll=0.5)
-    return _shown(result, None if args.out is None else Path(args.out))
+    return _shown(lambda: start(args.join, None, workers=workers, name=args.study, out=args.out,
+                                device=args.device, threads=args.threads),
+                  None if args.out is None else Path(args.out))
 
 
-def _shown(result: Optional[Comparison], out: Optional[Path]) -> int:
+def _shown(started: Callable[[], Optional[Comparison]], out: Optional[Path]) -> int:
+    """Run ``started`` with log lines on stderr; print its table; the exit status."""
+    try:
+        with LogLines():
+            result = started()
+    except KeyboardInterrupt:
+        print("interrupted: the database keeps every finished run; the same command continues")
+        return 130
     if result is None:
         print("this machine's workers are done; the comparison's results are written by a "
               "process with --out when every run is done")

@@ -97,6 +97,9 @@ def test_two_workers_on_sqlite_run_each_run_once_and_equal_one_process(tmp_path,
     assert process.returncode == 0, log
     assert "report.html" in stdout and (out / "report.html").exists()
     _check_once(out, sqlite_url(out), log, one_process)
+    (out / "report.html").unlink()
+    assert compare_cli.run_report_command(argparse.Namespace(directory=str(out), target=None)) == 0
+    assert (out / "report.html").exists()  # plugformer report reads the exported runs.jsonl
 
 
 @pytest.mark.slow
@@ -253,3 +256,22 @@ def test_plain_compare_needs_no_database_packages():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_workers_go_round_robin_over_the_gpus_and_share_the_cores(monkeypatch):
+    import torch
+
+    from plugformer.compare.workers import worker_device, worker_threads
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [worker_device("cuda", i) for i in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert [worker_device("cuda:1", i) for i in range(2)] == ["cuda:1", "cuda:1"]
+    assert worker_device("cpu", 4) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="no GPU is visible here; use --device cpu"):
+        worker_device("cuda", 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [worker_threads(None, n) for n in (1, 4, 5, 32)] == [16, 4, 3, 1]
+    assert worker_threads(2, 4) == 2
+    with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+        worker_threads(0, 1)
