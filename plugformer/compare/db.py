@@ -48,7 +48,7 @@ import attrs
 from plugformer.compare.store import RunPlan, RunRecord
 
 __all__ = ["MAX_ATTEMPTS", "STALE_BEATS", "Claim", "RunQueue", "comparison_name", "engine_url",
-           "sqlite_url"]
+           "shown_url", "sqlite_url"]
 
 _log = logging.getLogger("plugformer")
 
@@ -166,8 +166,9 @@ class RunQueue:
             pass
         stored = queue.stored()
         if stored["compare"] != json.loads(json.dumps(settings, sort_keys=True)):
-            raise ValueError(f"comparison {name!r} in {url} has other settings: join it with "
-                             f"--join {url} --study {name}, or give another --study name")
+            where = shown_url(url)
+            raise ValueError(f"comparison {name!r} in {where} has other settings: join it with "
+                             f"--join {where} --study {name}, or give another --study name")
         queue.heartbeat = float(stored["heartbeat"])
         return queue
 
@@ -187,7 +188,7 @@ class RunQueue:
         if name not in names:
             have = ", ".join(names) or "none"
             what = "name one with --study" if name is None else f"no comparison {name!r}"
-            raise ValueError(f"{url}: {what}; comparisons there: {have}")
+            raise ValueError(f"{shown_url(url)}: {what}; comparisons there: {have}")
         queue.name = name
         queue.heartbeat = float(queue.stored()["heartbeat"])
         return queue
@@ -198,7 +199,7 @@ class RunQueue:
         with self.engine.connect() as conn:
             text = conn.execute(sa.select(table.c.settings).where(table.c.name == self.name)).scalar()
         if text is None:
-            raise ValueError(f"{self.url}: no comparison {self.name!r}")
+            raise ValueError(f"{shown_url(self.url)}: no comparison {self.name!r}")
         return json.loads(text)
 
     def add(self, jobs: Sequence[tuple[str, RunPlan]]) -> None:
@@ -375,6 +376,16 @@ def engine_url(url: str) -> str:
         if importlib.util.find_spec(module) is not None:
             return f"postgresql+{driver}://" + url[len("postgresql://"):]
     return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide in it
+        return url
 
 
 def _sqlite_wal(connection: Any, _record: Any) -> None:

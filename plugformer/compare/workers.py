@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from plugformer.compare.db import RunQueue, sqlite_url
+from plugformer.compare.db import RunQueue, shown_url, sqlite_url
 from plugformer.compare.progress import LogLines
 from plugformer.compare.result import Comparison
 from plugformer.compare.store import RunStore
@@ -114,7 +114,7 @@ def start(url: Optional[str], settings: Optional[dict[str, Any]] = None, *, work
     per_worker = worker_threads(threads, max(1, workers))
     devices = [worker_device(device, index) for index in range(max(1, workers))]
     _log.info("comparison %s in %s: %d worker(s), %d thread(s) each, on %s", queue.name,
-              _safe(url), workers, per_worker, ", ".join(devices[:workers]) or "none")
+              shown_url(url), workers, per_worker, ", ".join(devices[:workers]) or "none")
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_work, name=f"plugformer-worker-{index}",
                                  args=(url, queue.name, devices[index], per_worker, poll))
@@ -222,13 +222,3 @@ def _shown(started: Callable[[], Optional[Comparison]], out: Optional[Path]) -> 
         print(f"wrote {out / RunStore.FILENAME}, results.json and report.html in {out}")
     sys.stdout.flush()
     return 0 if all(row.ok for row in result.rows) else 1
-
-
-def _safe(url: str) -> str:
-    """``url`` without its password, for the log."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
