@@ -51,14 +51,24 @@ def _final(directory: Path) -> dict:
     return _without_times(data)
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> dict:
+#: Successive halving over 2 variants x 2 rates: rungs of 4 and 2 runs, then 2 runs of the
+#: survivors' second seed, each batch shared by the workers once the one before is done.
+BUDGET = ["--lr", "1e-3,1e-2", "--budget", "120"]
+
+
+def _one_process(tmp_path_factory, *extra: str) -> dict:
     """results.json of the same comparison in this process, without workers or a database."""
     out = tmp_path_factory.mktemp("one-process")
     parser = argparse.ArgumentParser()
     compare_cli.add_compare_arguments(parser)
-    assert compare_cli.run_compare_command(parser.parse_args([*ARGV, "--out", str(out)])) == 0
+    status = compare_cli.run_compare_command(parser.parse_args([*ARGV, *extra, "--out", str(out)]))
+    assert status == 0
     return _final(out)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    return _one_process(tmp_path_factory)
 
 
 def _launch(*extra: str) -> subprocess.Popen:
@@ -76,11 +86,12 @@ def _rows(url: str) -> list:
     return rows
 
 
-def _check_once(out: Path, url: str, log: str, one_process: dict, *, redone: set = frozenset()):
+def _check_once(out: Path, url: str, log: str, one_process: dict, *, redone: set = frozenset(),
+                runs: int = 4):
     """Every run done, claimed once (twice for ``redone``), on disk once; the results equal the
     one-process comparison's."""
     rows = _rows(url)
-    assert len(rows) == 4 and all(row.status == "done" for row in rows)
+    assert len(rows) == runs and all(row.status == "done" for row in rows)
     assert {row.key: row.attempts for row in rows} == {row.key: 1 + (row.key in redone) for row in rows}
     starts = Counter(key for key, _ in _STARTED.findall(log))
     assert starts == {row.key: 1 + (row.key in redone) for row in rows}, log
@@ -100,6 +111,20 @@ def test_two_workers_on_sqlite_run_each_run_once_and_equal_one_process(tmp_path,
     (out / "report.html").unlink()
     assert compare_cli.run_report_command(argparse.Namespace(directory=str(out), target=None)) == 0
     assert (out / "report.html").exists()  # plugformer report reads the exported runs.jsonl
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_budget_search_rung_by_rung(tmp_path, tmp_path_factory):
+    one_process = _one_process(tmp_path_factory, *BUDGET)
+    out = tmp_path / "out"
+    process = _launch(*BUDGET, "--workers", "2", "--out", str(out))
+    stdout, log = process.communicate(timeout=300)
+    assert process.returncode == 0, log
+    _check_once(out, sqlite_url(out), log, one_process, runs=8)
+    steps = [row.steps for row in RunStore(out).read()]
+    assert steps == [10] * 4 + [20] * 4  # the rungs in the order one process plans them
+    assert one_process["search"]["rungs"] == [{"candidates": 4, "steps": 10},
+                                              {"candidates": 2, "steps": 20}]
 
 
 @pytest.mark.slow
