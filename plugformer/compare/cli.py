@@ -94,6 +94,22 @@ ARGUMENTS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                    "help": "the default comparison: transformer_tiny with attn={dense, bra} and "
                            "pe={sinusoidal, learned} on copy, each at its best of two learning "
                            "rates, on two seeds, in a few minutes"}),
+    (("--workers",), {"type": int, "default": None, "metavar": "N",
+                      "help": "worker processes here, sharing the runs through a database "
+                              "(--storage, or runs.db in --out); each run is trained once"}),
+    (("--storage",), {"default": None, "metavar": "URL",
+                      "help": "SQLAlchemy URL of the comparison's database, e.g. "
+                              "postgresql://user@host/db for several machines "
+                              "(default with --workers: sqlite in --out)"}),
+    (("--join",), {"default": None, "metavar": "URL",
+                   "help": "add workers (--workers, default 1) to the comparison in this "
+                           "database; no SPEC needed. With --out, write the results when done"}),
+    (("--study",), {"default": None, "metavar": "NAME",
+                    "help": "the comparison's name in the database (default: from its "
+                            "settings; with --join, the only one there)"}),
+    (("--heartbeat",), {"type": float, "default": 10.0, "metavar": "SECONDS",
+                        "help": "a worker's heartbeat while it trains a run; a run silent for "
+                                "5 heartbeats is taken over by another worker (default: 10)"}),
 )
 
 EPILOG = """examples:
@@ -168,6 +184,10 @@ def run_compare_command(args: argparse.Namespace) -> int:
     from plugformer.compare.runner import Interrupted, compare
 
     settings = {**DEFAULTS, **(DEMO if args.demo else {})}
+    if getattr(args, "join", None):
+        from plugformer.compare.workers import run_join
+
+        return run_join(args)
     specs = list(args.specs) or (DEMO["specs"] if args.demo else [])
     if not specs:
         raise ValueError("give at least one SPEC to compare, or --demo")
@@ -186,6 +206,11 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(settings["threads"])
 
+    if getattr(args, "workers", None) is not None or getattr(args, "storage", None):
+        from plugformer.compare.workers import run_shared
+
+        return run_shared(args, specs=specs, settings=settings, lr=lr, eval_lengths=eval_lengths,
+                          out=out)
     started = time.perf_counter()
     try:
         result = compare(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -47,6 +47,9 @@ from plugformer.tasks.base import Task
 from plugformer.tasks.lookup import make_task
 from plugformer.train.data import BatchPlan, slice_rows
 from plugformer.train.step import PRECISIONS, SCHEDULES, compile_blocks
+
+if TYPE_CHECKING:
+    from plugformer.compare.db import RunQueue
 
 __all__ = ["compare", "CompareError", "Interrupted", "Progress", "make_task"]
 
@@ -110,6 +113,7 @@ def compare(
     compile: bool = False,
     grad_accum: int = 1,
     registry: Optional[Registry] = None,
+    queue: Optional["RunQueue"] = None,
 ) -> Comparison:
     """Train and measure model variants on one task, on equal terms, over seeds and rates.
 
@@ -146,6 +150,10 @@ def compare(
         compile: ``torch.compile`` every block of each model (after its FLOPs are counted).
         grad_accum: micro-batches per optimiser step; ``batch`` must be a multiple of it.
         registry: where to look parts and tasks up. Default: the default registry.
+        queue: a `plugformer.compare.db.RunQueue`: the runs are planned in its database and
+            this process works on them beside other workers (`plugformer.compare.workers`);
+            ``out`` then gets the results but no ``runs.jsonl`` and ``resume`` is not needed
+            (the database keeps what finished).
 
     Returns:
         A `Comparison`: one row per variant (at its chosen rate), every run in ``runs``, and
@@ -172,7 +180,7 @@ def compare(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     rates = _rates(lr)
     plan = BatchPlan(batch, 1, grad_accum)
-    store = _store(out, resume)
+    store = _store(out, resume) if queue is None else None
     started = time.perf_counter()
     device = torch.device(device)
     the_task = make_task(task, task_args=task_args, eval_lengths=eval_lengths, registry=registry)
@@ -212,30 +220,46 @@ def compare(
         for variant in variants:
             variant.model = None  # each run builds its own from its seed
 
+        def plan_of(candidate: Candidate, run_seed: int, run_steps: int) -> RunPlan:
+            return RunPlan(spec=by_label[candidate.variant].row.spec, task=the_task.describe(),
+                           seed=run_seed, lr=candidate.lr, steps=run_steps)
+
+        def train(label: str, planned: RunPlan) -> RunRecord:
+            variant = by_label[label]
+            where = dict(run=len(records), runs=max(len(records) + 1, expected),
+                         seed=planned.seed, lr=planned.lr, steps=planned.steps)
+            record = execute(
+                planned, written=variant.row.written, label=label, task=the_task,
+                primary=primary, settings=settings, registry=registry,
+                compiler=compile_blocks if compile else None,
+                info={**info, "params": variant.row.params,
+                      "flops_fwd_bwd": variant.row.flops_fwd_bwd},
+                flops_fwd_bwd=variant.row.flops_fwd_bwd,
+                notify=lambda stage, **e: notify(variant, stage, **{**where, **e}))
+            stage = "done" if record.status == "ok" else "failed"
+            notify(variant, stage, message=record.error, **{**where, "step": record.steps_done})
+            return record
+
         def run(candidate: Candidate, run_seed: int, run_steps: int) -> RunRecord:
-            variant = by_label[candidate.variant]
-            planned = RunPlan(spec=variant.row.spec, task=the_task.describe(), seed=run_seed,
-                              lr=candidate.lr, steps=run_steps)
-            where = dict(run=len(records), runs=max(len(records) + 1, expected), seed=run_seed,
-                         lr=candidate.lr, steps=run_steps)
-            if (planned.key, variant.row.label) in done:
-                notify(variant, "skipped", step=run_steps, **where)
-                record = done[(planned.key, variant.row.label)]
+            planned = plan_of(candidate, run_seed, run_steps)
+            if (planned.key, candidate.variant) in done:
+                notify(by_label[candidate.variant], "skipped", step=run_steps, run=len(records),
+                       runs=max(len(records) + 1, expected), seed=run_seed, lr=candidate.lr,
+                       steps=run_steps)
+                record = done[(planned.key, candidate.variant)]
             else:
-                record = execute(
-                    planned, written=variant.row.written, label=variant.row.label, task=the_task,
-                    primary=primary, settings=settings, registry=registry,
-                    compiler=compile_blocks if compile else None,
-                    info={**info, "params": variant.row.params,
-                          "flops_fwd_bwd": variant.row.flops_fwd_bwd},
-                    flops_fwd_bwd=variant.row.flops_fwd_bwd,
-                    notify=lambda stage, **e: notify(variant, stage, **{**where, **e}))
+                record = train(candidate.variant, planned)
                 if store is not None:
                     store.append(record)
-                stage = "done" if record.status == "ok" else "failed"
-                notify(variant, stage, message=record.error, **{**where, "step": record.steps_done})
             records.append(record)
             return record
+
+        def run_many(jobs: list[tuple[Candidate, int, int]]) -> list[RunRecord]:
+            if queue is None:
+                return [run(*job) for job in jobs]
+            got = queue.run([(job[0].variant, plan_of(*job)) for job in jobs], train)
+            records.extend(got)
+            return got
 
         standing = [v for v in variants if v.row.ok]
         candidates = [Candidate(v.row.label, rate) for v in standing for rate in rates]
@@ -249,14 +273,22 @@ def compare(
                         notify(variant, "failed", message=variant.row.error)
                 if candidates:
                     _, search = successive_halving(candidates, budget=budget, seeds=seed_list,
-                                                   run=run, metric=f"val_{primary}")
+                                                   run=run, metric=f"val_{primary}",
+                                                   run_many=run_many)
             else:
+                grid: list[tuple[Candidate, int, int]] = []  # for the workers, all at once
                 for run_seed in seed_list:
                     for variant in variants:
                         if not variant.row.ok and run_seed == seed:
                             notify(variant, "failed", message=variant.row.error)
-                        for rate in rates if variant.row.ok else ():
-                            run(Candidate(variant.row.label, rate), run_seed, steps)
+                        jobs = [(Candidate(variant.row.label, rate), run_seed, steps)
+                                for rate in (rates if variant.row.ok else ())]
+                        if queue is None:
+                            run_many(jobs)
+                        else:
+                            grid.extend(jobs)
+                if grid:
+                    run_many(grid)
         except KeyboardInterrupt:
             _log.warning("interrupted: %d run(s) finished", len(records))
             described.update(interrupted=True, wall_s=time.perf_counter() - started)

@@ -76,6 +76,7 @@ def successive_halving(
     seeds: Sequence[int],
     run: Callable[[Candidate, int, int], RunRecord],
     metric: str,
+    run_many: Optional[Callable[[list[tuple[Candidate, int, int]]], list[RunRecord]]] = None,
 ) -> tuple[list[RunRecord], dict[str, Any]]:
     """Spend ``budget`` steps over ``candidates``; returns every run and what the search did.
 
@@ -85,6 +86,9 @@ def successive_halving(
         seeds: the seeds; rungs train on the first, survivors on all of them.
         run: ``run(candidate, seed, steps) -> RunRecord``: trains it, or reads it from disk.
         metric: the validation key the rungs rank by, e.g. ``val_exact_match@16``.
+        run_many: ``run_many([(candidate, seed, steps), ...]) -> [RunRecord, ...]`` in the same
+            order: one rung's runs (and then the survivors' seeds) at once, which do not depend
+            on each other, so that several workers can share them. Default: ``run`` on each.
 
     Returns:
         (runs in the order they were made, a summary: ``budget``, ``spent``, ``rungs``,
@@ -92,6 +96,8 @@ def successive_halving(
         ``winner`` (variant, lr, mean validation value over seeds)).
     """
     rungs, survivors = plan_rungs(len(candidates), budget, len(seeds))
+    if run_many is None:
+        run_many = lambda jobs: [run(*job) for job in jobs]  # noqa: E731
     sign = 1.0 if higher_is_better(metric) else -1.0
     records: list[RunRecord] = []
     got = {c: {"steps": 0, "rungs": 0, "val": None, "reason": ""} for c in candidates}
@@ -104,8 +110,8 @@ def successive_halving(
     alive = list(candidates)
     for number, rung in enumerate(rungs, start=1):
         scored = []
-        for candidate in alive:
-            record = run(candidate, seeds[0], rung.steps)
+        done = run_many([(candidate, seeds[0], rung.steps) for candidate in alive])
+        for candidate, record in zip(alive, done):
             records.append(record)
             got[candidate].update(steps=got[candidate]["steps"] + rung.steps, rungs=number,
                                   val=record.metrics.get(metric))
@@ -120,12 +126,12 @@ def successive_halving(
         alive = [c for c in alive if c in ranked[:keep]]
     final = rungs[-1].steps
     per_seed: dict[Candidate, list[Optional[float]]] = {c: [got[c]["val"]] for c in alive}
+    jobs = [(candidate, seed, final) for candidate in alive for seed in seeds[1:]]
+    for (candidate, _, _), record in zip(jobs, run_many(jobs)):
+        records.append(record)
+        got[candidate]["steps"] += final
+        per_seed[candidate].append(record.metrics.get(metric) if record.status == "ok" else None)
     for candidate in alive:
-        for seed in seeds[1:]:
-            record = run(candidate, seed, final)
-            records.append(record)
-            got[candidate]["steps"] += final
-            per_seed[candidate].append(record.metrics.get(metric) if record.status == "ok" else None)
         got[candidate]["reason"] = (f"survived all {len(rungs)} rungs; trained on {len(seeds)} "
                                     f"seed(s) at {final} steps")
     means = {c: interval(values).mean for c, values in per_seed.items()}
