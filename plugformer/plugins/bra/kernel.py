@@ -23,6 +23,7 @@ from plugformer.core.interfaces import AttentionKernel, ScoreBias
 from plugformer.plugins.bra.cpu import masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
+from plugformer.plugins.bra.grouped import grouped_causal_attention
 from plugformer.plugins.bra.local_context import LocalContext
 from plugformer.plugins.bra.routing import Geometry, Routing, region_shift, resolve_routing, roll_rows, route
 
@@ -74,6 +75,12 @@ class BiLevelRoutingAttention(AttentionKernel):
             16 tokens, where the tiles' routing and gathers cost more than the scores they save
             (``benchmarks/bra_short.py`` measures the crossover: 64-128 keys bidirectional,
             128-256 causal, on 2 CPU cores). 0 = always tiles. Default: 64.
+        grouped_from: causal token-routed self-attention (Lq = Lk) over at least this many keys,
+            without a general mask or dropout, takes MoBA's grouped layout
+            (:func:`.grouped.grouped_causal_attention`): the (query, chosen region) pairs sorted
+            by region, so the work is Lq * topk * region scores whatever the routing, where the
+            tiles gather, for a tile of neighbouring queries, the union of what they chose.
+            Same attention; below it (and above ``dense_up_to``) the tiles. Default: 256.
     """
 
     supports_causal = True
@@ -95,6 +102,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         dropout: float = 0.0,
         cross: bool = False,
         dense_up_to: int = 64,
+        grouped_from: int = 256,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -103,7 +111,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         self.region, self.topk, self.routing = region, topk, routing
         self.scale = head_dim**-0.5 if scale is None else scale
         self.backend, self.dropout, self.cross = backend, dropout, cross
-        self.dense_up_to = dense_up_to
+        self.dense_up_to, self.grouped_from = dense_up_to, grouped_from
         self.lce = (
             LocalContext(heads=heads, head_dim=head_dim, kernel_size=lce, device=device, dtype=dtype)
             if lce
@@ -114,7 +122,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         return (
             f"region={self.region}, topk={self.topk}, routing={self.routing!r}, "
             f"scale={self.scale:.4g}, backend={self.backend!r}, dropout={self.dropout}, "
-            f"dense_up_to={self.dense_up_to}"
+            f"dense_up_to={self.dense_up_to}, grouped_from={self.grouped_from}"
         )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
@@ -147,9 +155,13 @@ class BiLevelRoutingAttention(AttentionKernel):
         dropout = self.dropout if self.training else 0.0
         if self._use_flex(q, dropout):
             attend, options = flex_bra, {}
+        elif geometry.lk <= self.dense_up_to:
+            attend, options = masked_dense, {"dropout": dropout}
+        elif self._use_grouped(geometry, general, score_bias, dropout):
+            return grouped_causal_attention(q, k, v, routes, region=self.region, scale=self.scale,
+                                            key_valid=key_valid)
         else:
-            attend = masked_dense if geometry.lk <= self.dense_up_to else tiled
-            options = {"dropout": dropout}
+            attend, options = tiled, {"dropout": dropout}
         return attend(q, k, v, routes, geometry, scale=self.scale, key_valid=key_valid, mask=general,
                       score_bias=score_bias, **options)
 
@@ -212,6 +224,12 @@ class BiLevelRoutingAttention(AttentionKernel):
             routing="token" if geometry.token else "region", key_mask=key_valid,
             query_mask=key_valid if self_region else None,
         )  # region: (B, nq, S); token: (B, Lq, S)
+
+    def _use_grouped(self, geometry: Geometry, general: Optional[Tensor], score_bias: Optional[ScoreBias],
+                     dropout: float) -> bool:
+        g = geometry
+        return (g.token and g.causal and g.lq == g.lk >= self.grouped_from and not self.cross
+                and general is None and score_bias is None and dropout == 0)
 
     def _use_flex(self, q: Tensor, dropout: float) -> bool:
         if self.backend == "torch":

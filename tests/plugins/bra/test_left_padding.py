@@ -12,9 +12,9 @@ from plugformer import build
 
 @pytest.mark.parametrize("pe", ["alibi", "rope", "sinusoidal"])
 @torch.no_grad()
-def test_left_padded_prompts_decode_as_each_prompt_alone(pe, dense_up_to):
+def test_left_padded_prompts_decode_as_each_prompt_alone(pe, path):
     torch.manual_seed(0)
-    model = build(f"gpt_tiny(attn=bra(region=4, topk=2, dense_up_to={dense_up_to}), pe={pe}, dropout=0.0)").eval()
+    model = build(f"gpt_tiny(attn=bra(region=4, topk=2, {path.spec}), pe={pe}, dropout=0.0)").eval()
     generator = torch.Generator().manual_seed(1)
     rows = [torch.randint(1, 200, (n,), generator=generator).tolist() for n in (20, 19, 18, 17)]
     ids, padding = model.pad_inputs(rows)
@@ -33,10 +33,10 @@ def test_left_padded_prompts_decode_as_each_prompt_alone(pe, dense_up_to):
 
 @pytest.mark.parametrize("pe", ["alibi", "t5_bias", "rope"])
 @torch.no_grad()
-def test_cached_steps_of_a_left_padded_batch_give_the_logits_of_each_row_alone(pe, dense_up_to):
+def test_cached_steps_of_a_left_padded_batch_give_the_logits_of_each_row_alone(pe, path):
     """Prefill then five one-token steps with KV caches (queries fewer than keys)."""
     torch.manual_seed(0)
-    model = build(f"gpt_tiny(attn=bra(region=4, topk=2, dense_up_to={dense_up_to}), pe={pe}, dropout=0.0)").eval()
+    model = build(f"gpt_tiny(attn=bra(region=4, topk=2, {path.spec}), pe={pe}, dropout=0.0)").eval()
     generator = torch.Generator().manual_seed(2)
     rows = [torch.randint(1, 200, (n,), generator=generator).tolist() for n in (13, 10, 7)]
     steps = torch.randint(1, 200, (3, 5), generator=generator)

@@ -16,12 +16,12 @@ Two paths compute the blocks. Without a mask (no key padding, every query chose 
 what causal token routing gives) PyTorch's fused CPU flash-attention kernel does the diagonal
 and the tiles, forward and backward; the backward passes each block the *merged* output and
 log-sum-exp, as MoBA does, so the kernel's gradients are already those of the full softmax.
-Otherwise :mod:`bra_grouped_masked` does it with batched matmuls and a flash-style backward.
+Otherwise :mod:`.grouped_masked` does it with batched matmuls and a flash-style backward.
 Neither keeps an (L x L) or a (pairs x R) tensor; the tiles are processed in groups of
 ``tile_budget`` scores. Half and bfloat16 inputs compute in float32.
 
 Checked against dense softmax attention under the boolean mask the routing implies, and exact
-causal attention when ``topk`` covers every region (``tests/plugins/test_bra_grouped.py``);
+causal attention when ``topk`` covers every region (``tests/plugins/bra/test_grouped.py``);
 speed against fused causal attention in ``benchmarks/bra_causal_grouped.py``.
 """
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plugformer.plugins.bra_grouped_masked import masked_grouped_attention, tile_groups
+from plugformer.plugins.bra.grouped_masked import masked_grouped_attention, tile_groups
 
 #: Scores per tile group (query rows x region keys x heads) computed at once. Bounds the memory
 #: the tiles take beside q, k, v (2**20 float32 scores = 4 MiB per temporary, which stays in
@@ -142,7 +142,7 @@ def grouped_causal_attention(
         fused: attend the blocks with PyTorch's fused CPU flash-attention kernel
             (``aten._scaled_dot_product_flash_attention_for_cpu``, forward and backward) when no
             mask is needed (no ``key_valid``, every query chose its own region); otherwise, or
-            with False, plain batched matmuls (:mod:`bra_grouped_masked`). Default: True.
+            with False, plain batched matmuls (:mod:`.grouped_masked`). Default: True.
 
     Returns:
         (B, H, L, D) in q's dtype.
