@@ -171,23 +171,33 @@ class BiLevelRoutingAttention(AttentionKernel):
         leading pads modulo the region), so that a region starts at every multiple of ``region``
         real tokens, exactly as for the same tokens alone; the wrapped indices are pads.
 
-        Self-attention rolls the queries with the keys (queries fewer than keys, a cached
-        decoding step, are first set at their key positions, with zeros in front), which keeps
-        every query-key distance of real tokens and the bottom-right causal alignment.
-        Cross-attention rolls the keys only. (B, H, Lq, Dh) out. A cached step of a left-padded
-        batch therefore computes Lk query rows instead of Lq (the extra ones are discarded).
+        Self-attention rolls the queries with the keys, which keeps every query-key distance of
+        real tokens and the bottom-right causal alignment. Queries fewer than keys (a cached
+        decoding step) are set at their key positions in a window of the last ``Lq + max(shift)``
+        positions, zeros in front, so a step computes at most Lq + region - 1 query rows, not Lk;
+        token routing and causality see each query where the rolled keys put it. Region routing
+        (query regions cut by position) takes the window of all Lk positions. Cross-attention
+        rolls the keys only. (B, H, Lq, Dh) out.
         """
         lq, lk = q.shape[2], k.shape[2]
         k, v, key_valid = roll_rows(k, shift, 2), roll_rows(v, shift, 2), roll_rows(key_valid, shift, 1)
         if self.cross or lq > lk:
             return self._attend(q, k, v, key_valid, None, causal=causal, score_bias=score_bias)
-        front = lk - lq
-        if front:
-            q = torch.cat([q.new_zeros(*q.shape[:2], front, q.shape[3]), q], dim=2)  # (B, H, Lk, Dh)
-            if score_bias is not None:
-                score_bias = _queries_from(score_bias, front)
-        out = self._attend(roll_rows(q, shift, 2), k, v, key_valid, None, causal=causal, score_bias=score_bias)
+        q, front = self._window(q, shift, lk, causal=causal)
+        if front and score_bias is not None:
+            score_bias = _queries_from(score_bias, front)
+        out = self._attend(q, k, v, key_valid, None, causal=causal, score_bias=score_bias)
         return roll_rows(out, -shift, 2)[:, :, front:]
+
+    def _window(self, q: Tensor, shift: Tensor, lk: int, *, causal: bool) -> tuple[Tensor, int]:
+        """Self-attention queries set at their key positions and rolled with the keys: (B, H, W, Dh)
+        and the W - Lq zero rows in front (see :meth:`_attend_aligned`)."""
+        lq = q.shape[2]
+        token = resolve_routing(self.routing, causal) == "token"
+        front = (min(lk, lq + int(shift.max())) if token else lk) - lq
+        if front:
+            q = torch.cat([q.new_zeros(*q.shape[:2], front, q.shape[3]), q], dim=2)  # (B, H, W, Dh)
+        return roll_rows(q, shift, 2), front
 
     def geometry(self, q: Tensor, k: Tensor, *, causal: bool = False) -> Geometry:
         """The lengths, region, routing kind and causality of attending ``q`` to ``k``."""
@@ -206,16 +216,22 @@ class BiLevelRoutingAttention(AttentionKernel):
         key-padding mask whose rows start with pads, region j of row b holds the keys at indices
         ``shift[b] + j * region`` onwards, ``shift = region_shift(key_valid, region)``, so that
         regions are cut by token position; self-attention rows are rolled left by ``shift`` before
-        routing, queries as well (see :meth:`_attend_aligned`).
+        routing, queries as well when Lq = Lk (see :meth:`_attend_aligned`); the token routes of
+        fewer queries (a cached step) come one row per query, in order.
         """
         lq, lk = q.shape[2], k.shape[2]
         key_valid, general = split_mask(mask, q.shape[0], q.shape[1], lq, lk)
         shift = None if general is not None else region_shift(key_valid, self.region)
-        if shift is not None:
-            k, key_valid = roll_rows(k, shift, 2), roll_rows(key_valid, shift, 1)
-            if not self.cross and lq == lk:
-                q = roll_rows(q, shift, 2)
-        return self._route(q, k, self.geometry(q, k, causal=causal), key_valid)
+        if shift is None:
+            return self._route(q, k, self.geometry(q, k, causal=causal), key_valid)
+        k, key_valid = roll_rows(k, shift, 2), roll_rows(key_valid, shift, 1)
+        if self.cross or lq > lk:
+            return self._route(q, k, self.geometry(q, k, causal=causal), key_valid)
+        window, front = self._window(q, shift, lk, causal=causal)
+        routes = self._route(window, k, self.geometry(window, k, causal=causal), key_valid)
+        if lq == lk or not self.geometry(q, k, causal=causal).token:
+            return routes
+        return roll_rows(routes, -shift, 1)[:, front:]  # (B, Lq, S), one row per query
 
     def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor]) -> Tensor:
         self_region = not geometry.token and not self.cross and geometry.lq == geometry.lk
