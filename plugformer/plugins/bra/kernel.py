@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
-from plugformer.plugins.bra.cpu import masked_dense, tiled
+from plugformer.plugins.bra.cpu import gathered, masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
 from plugformer.plugins.bra.grouped import grouped_causal_attention
@@ -80,7 +80,9 @@ class BiLevelRoutingAttention(AttentionKernel):
             (:func:`.grouped.grouped_causal_attention`): the (query, chosen region) pairs sorted
             by region, so the work is Lq * topk * region scores whatever the routing, where the
             tiles gather, for a tile of neighbouring queries, the union of what they chose.
-            Same attention; below it (and above ``dense_up_to``) the tiles. Default: 256.
+            Same attention; below it (and above ``dense_up_to``) the tiles. A cached step of token
+            routing (Lq < Lk, at most ``region`` queries) gathers each query's chosen regions for
+            it alone (:func:`.cpu.gathered`): topk * region keys, not the cache. Default: 256.
     """
 
     supports_causal = True
@@ -157,6 +159,8 @@ class BiLevelRoutingAttention(AttentionKernel):
             attend, options = flex_bra, {}
         elif geometry.lk <= self.dense_up_to:
             attend, options = masked_dense, {"dropout": dropout}
+        elif geometry.token and geometry.lq < geometry.lk and geometry.lq <= self.region:
+            attend, options = gathered, {"dropout": dropout}
         elif self._use_grouped(geometry, general, score_bias, dropout):
             return grouped_causal_attention(q, k, v, routes, region=self.region, scale=self.scale,
                                             key_valid=key_valid)

@@ -165,6 +165,24 @@ def test_gradcheck(routing, causal, path):
     assert torch.autograd.gradcheck(lambda *x: kernel(*x, mask=mask, causal=causal), inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("lq", [1, 3])
+def test_gradcheck_of_a_cached_step_with_padding_and_bias(lq, path):
+    q, k, v = qkv(b=2, h=2, hkv=1, lq=lq, lk=19, dh=4)
+    mask = padding(2, 19, [17, 19])
+    slope = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    kernel = BiLevelRoutingAttention(heads=2, head_dim=4, region=4, topk=2, **path)
+
+    def attend(q, k, v, slope):
+        def bias(q_idx, k_idx):
+            distance = k_idx - q_idx
+            return slope.view(-1, *[1] * distance.dim()) * distance  # (H, *grid)
+
+        return kernel(q, k, v, mask=mask, causal=True, score_bias=bias)
+
+    inputs = [x.requires_grad_() for x in (q, k, v, slope)]
+    assert torch.autograd.gradcheck(attend, inputs, fast_mode=True)
+
+
 def test_gradcheck_with_bias_and_dropout(path):
     q, k, v = qkv(b=1, h=2, hkv=2, lq=13, dh=4)
     slope = torch.tensor([0.3, -0.2], dtype=torch.float64)
