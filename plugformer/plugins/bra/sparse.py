@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils.flop_counter import register_flop_formula
 
 from plugformer.plugins.bra.tiles import Tiles
 
@@ -112,26 +113,50 @@ class _RegionAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, bias, blocks, blocked, live, out = ctx.saved_tensors
-        region, kv_heads = k.shape[1], k.shape[2]
-        grad_out = grad_out.contiguous() if live is None else grad_out * live
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (T*R, H, 1)
-        dq, dk, dv = torch.empty_like(q, memory_format=torch.contiguous_format), _zeros(k), _zeros(v)
-        dbias = torch.empty_like(bias) if ctx.needs_input_grad[3] else None
-        to_blocks = _Summing(blocks, k.shape[0], k.dtype)
-        for index, part in enumerate(_parts(len(blocks), q.shape[1] * region * blocks.shape[1] * region)):
-            rows = slice(part.start * region, part.stop * region)
-            qt, kt, vt = _to_batch(q[rows], kv_heads, region), _take(k, blocks[part]), _take(v, blocks[part])
-            p = torch.softmax(_scores(qt, kt, ctx.scale, bias, blocked, part), dim=-1)
-            keep = _keep(p, ctx.dropout, ctx.seed, index)
-            dot = _to_batch(grad_out[rows], kv_heads, region)
-            to_blocks.add(dv, part, _block_major(_grad_values(p, dot, keep, ctx.dropout), k))
-            ds = _grad_scores(p, dot, vt, _to_batch(delta[rows], kv_heads, region), keep, ctx.dropout)
-            dq_part = _scaled_bmm(ds, kt, ctx.scale)  # (tc*Hkv, G*R, Dh)
-            _tile_rows(dq[rows], kv_heads, region).copy_(_from_batch(dq_part, kv_heads, region))
-            to_blocks.add(dk, part, _block_major(_scaled_bmm(ds.transpose(1, 2), qt, ctx.scale), k))
-            if dbias is not None:
-                dbias[part] = ds.view_as(dbias[part])
-        return dq, dk, dv, dbias, None, None, None, None, None
+        dq, dk, dv, dbias = region_backward(grad_out, q, k, v, bias, blocks, blocked, live, out, ctx.scale,
+                                            ctx.dropout, ctx.seed, ctx.needs_input_grad[3])
+        return dq, dk, dv, dbias if ctx.needs_input_grad[3] else None, None, None, None, None, None
+
+
+@torch.library.custom_op("plugformer_bra::region_backward", mutates_args=())
+def region_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], blocks: Tensor,
+                    blocked: Optional[Tensor], live: Optional[Tensor], out: Tensor, scale: float, dropout: float,
+                    seed: int, bias_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward of region tiles, an operator so that ``FlopCounterMode`` counts the four
+    products the attention's backward asks for (see :func:`_region_backward_flops`), not the
+    recomputed scores. Returns dq, dk, dv and dbias (empty unless ``bias_grad``)."""
+    region, kv_heads = k.shape[1], k.shape[2]
+    grad_out = grad_out.contiguous() if live is None else grad_out * live
+    delta = (grad_out * out).sum(-1, keepdim=True)  # (T*R, H, 1)
+    dq, dk, dv = torch.empty_like(q, memory_format=torch.contiguous_format), _zeros(k), _zeros(v)
+    dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
+    to_blocks = _Summing(blocks, k.shape[0], k.dtype)
+    for index, part in enumerate(_parts(len(blocks), q.shape[1] * region * blocks.shape[1] * region)):
+        rows = slice(part.start * region, part.stop * region)
+        qt, kt, vt = _to_batch(q[rows], kv_heads, region), _take(k, blocks[part]), _take(v, blocks[part])
+        p = torch.softmax(_scores(qt, kt, scale, bias, blocked, part), dim=-1)
+        keep = _keep(p, dropout, seed, index)
+        dot = _to_batch(grad_out[rows], kv_heads, region)
+        to_blocks.add(dv, part, _block_major(_grad_values(p, dot, keep, dropout), k))
+        ds = _grad_scores(p, dot, vt, _to_batch(delta[rows], kv_heads, region), keep, dropout)
+        dq_part = _scaled_bmm(ds, kt, scale)  # (tc*Hkv, G*R, Dh)
+        _tile_rows(dq[rows], kv_heads, region).copy_(_from_batch(dq_part, kv_heads, region))
+        to_blocks.add(dk, part, _block_major(_scaled_bmm(ds.transpose(1, 2), qt, scale), k))
+        if bias_grad:
+            dbias[part] = ds.view_as(dbias[part])
+    return dq, dk, dv, dbias
+
+
+@region_backward.register_fake
+def _(grad_out, q, k, v, bias, blocks, blocked, live, out, scale, dropout, seed, bias_grad):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), q.new_empty(bias.shape if bias_grad else 0)
+
+
+@register_flop_formula(torch.ops.plugformer_bra.region_backward)
+def _region_backward_flops(grad_out_shape, q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
+    """dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q over every tile cell (twice the forward, as
+    FlopCounterMode counts SDPA's backward). q: (T*R, H, Dh); k: (Nb, R, Hkv, Dh); blocks (T, S)."""
+    return 8 * q_shape[0] * args[2][1] * k_shape[1] * q_shape[1] * q_shape[2]
 
 
 class _TokenAttention(torch.autograd.Function):
