@@ -92,7 +92,8 @@ def grouped_forward(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tenso
         lse = lse.transpose(1, 2).reshape(-1, h).masked_fill(~real, -math.inf)
         new_top = top.scatter_reduce(0, group_rows[:, None].expand_as(lse), lse, "amax")
         rescale = torch.exp(top - new_top)
-        acc.mul_(rescale[..., None])
+        touched = acc.index_select(0, group_rows).mul_(rescale.index_select(0, group_rows)[..., None])
+        acc.index_copy_(0, group_rows, touched)  # only this group's rows changed their maximum
         total.mul_(rescale)
         weight = torch.exp(lse - new_top.index_select(0, group_rows))
         acc.index_add_(0, group_rows, out.mul_(weight[..., None]))
