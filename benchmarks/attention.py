@@ -23,7 +23,7 @@ heads come as ``MultiHeadAttention`` gives them to its kernel: (B, H, N, Dh) vie
 * dense is skipped above 4096 tokens (its (B, H, N, N) scores alone are 8 GiB at 16384).
 
 ``bra`` is the kernel with its default paths: bidirectional, region routing over gathered tiles
-(``sparse.py``); ``--causal``, token routing in MoBA's grouped layout from 256 tokens
+(``sparse.py``); ``--causal``, token routing in MoBA's grouped layout from 128 tokens
 (``grouped.py``, each key region attended by exactly the queries that chose it).
 
 Targets (CPU, issue 15, forward+backward): causal, crossover with fused at N <= 1024 and at

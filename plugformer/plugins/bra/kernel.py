@@ -82,7 +82,9 @@ class BiLevelRoutingAttention(AttentionKernel):
             tiles gather, for a tile of neighbouring queries, the union of what they chose.
             Same attention; below it (and above ``dense_up_to``) the tiles. A cached step of token
             routing (Lq < Lk, at most ``region`` queries) gathers each query's chosen regions for
-            it alone (:func:`.cpu.gathered`): topk * region keys, not the cache. Default: 256.
+            it alone (:func:`.cpu.gathered`): topk * region keys, not the cache. The grouped
+            layout beats the tiles from 128 keys (1.5x there, 2.3x at 256, forward+backward, 8
+            heads of 64, region 64, topk 4, one thread). Default: 128.
     """
 
     supports_causal = True
@@ -104,7 +106,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         dropout: float = 0.0,
         cross: bool = False,
         dense_up_to: int = 64,
-        grouped_from: int = 256,
+        grouped_from: int = 128,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -85,7 +85,7 @@ def test_dense_up_to_reaches_the_kernel_with_its_default():
     ctx = BuildContext(d_model=64, heads=4, max_len=256)
     assert bra(ctx).dense_up_to == 64
     assert bra(ctx, dense_up_to=0).dense_up_to == 0
-    assert bra(ctx).grouped_from == 256
+    assert bra(ctx).grouped_from == 128
     assert bra(ctx, grouped_from=0).grouped_from == 0
 
 
