@@ -67,7 +67,8 @@ def region_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
     qh, kh, vh = _head_rows(q, kv_heads, region), _head_blocks(k), _head_blocks(v)
     goh = _head_rows(grad_out, kv_heads, region)
     delta = (goh * _head_rows(out, kv_heads, region)).sum(-1, keepdim=True)  # (Hkv, T, G*R, 1)
-    dq, dk, dv = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)  # (T*R, H, Dh), written per chunk
+    dk, dv = torch.zeros_like(kh), torch.zeros_like(vh)  # (Hkv, Nb, R, Dh)
     dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
     to_blocks = Summing(blocks, kh.shape[1], k.dtype)
     for index, (part, head) in enumerate(_chunks(qh, blocks, region)):
@@ -77,11 +78,12 @@ def region_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
         dot = goh[head, part]  # (tc, G*R, Dh)
         to_blocks.add(dv[head], part, grad_values(p, dot, keep, dropout))
         ds = grad_scores(p, dot, vt, delta[head, part], keep, dropout)  # (tc, G*R, S*R)
-        torch.baddbmm(dq[head, part], ds, kt, beta=0.0, alpha=scale, out=dq[head, part])
+        _put(dq, part, head, kv_heads, scaled_bmm(ds, kt, scale))
         to_blocks.add(dk[head], part, scaled_bmm(ds.transpose(1, 2), qt, scale))
         if bias_grad:
             dbias[part, head] = ds
-    return _token_rows(dq, region), dk.permute(1, 2, 0, 3).contiguous(), dv.permute(1, 2, 0, 3).contiguous(), dbias
+    del qh, kh, vh, goh, delta
+    return dq, dk.permute(1, 2, 0, 3), dv.permute(1, 2, 0, 3), dbias  # dk, dv: (Nb, R, Hkv, Dh) views
 
 
 @region_backward.register_fake
@@ -117,6 +119,15 @@ def _token_rows(x: Tensor, region: int) -> Tensor:
     kv_heads, t, rows, width = x.shape
     x = x.view(kv_heads, t, rows // region, region, width).permute(1, 3, 0, 2, 4)  # (T, R, Hkv, G, X)
     return x.reshape(t * region, -1, width)
+
+
+def _put(x: Tensor, part: slice, head: int, kv_heads: int, values: Tensor) -> None:
+    """Write ``values`` (tc, G*R, X) of key/value head ``head`` into the token-major rows
+    (T*R, H, X) of tiles ``part``."""
+    tc = part.stop - part.start
+    region = values.shape[1] * kv_heads // x.shape[1]
+    rows = x[part.start * region : part.stop * region].view(tc, region, kv_heads, -1, x.shape[2])[:, :, head]
+    rows.copy_(values.view(tc, -1, region, x.shape[2]).transpose(1, 2))  # (tc, R, G, X)
 
 
 def _head_blocks(x: Tensor) -> Tensor:
