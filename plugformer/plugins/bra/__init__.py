@@ -8,10 +8,14 @@ The package, in reading order:
 * this module: the factory :func:`bra` (the spec schema, every argument check) and the hooks;
 * :mod:`.kernel`: :class:`BiLevelRoutingAttention`, which routes and picks a path;
 * :mod:`.routing`: which key regions each query attends (:func:`route`), and :class:`Geometry`;
-* :mod:`.cpu`: the torch paths, every score under the routed mask (short inputs) or gathered
-  :mod:`.tiles` through the flash-style attention of :mod:`.sparse` (long inputs);
-* :mod:`.grouped` (and :mod:`.grouped_masked`): MoBA's layout for causal token routing, each
-  key region attended by exactly the queries that chose it;
+* :mod:`.cpu`: the torch paths, every score under the routed mask (short inputs), gathered
+  :mod:`.tiles` through the flash-style attention of :mod:`.sparse` (long inputs), or each
+  query's regions gathered for it alone (a cached decoding step);
+* :mod:`.grouped` (with :mod:`.grouped_fused` and :mod:`.grouped_masked`): MoBA's layout for
+  causal token routing, each key region attended by exactly the queries that chose it; the
+  fused path's custom operators tell ``FlopCounterMode`` the FLOPs the routing asks for;
+* :mod:`.sparse_region` and :mod:`.tile_ops`: region tiles head by head, and the arithmetic the
+  tile attentions share;
 * :mod:`.flex`: the CUDA path, ``flex_attention`` with a block mask from the routing;
 * :mod:`.local_context`: BiFormer's local-context conv over V;
 * :mod:`.routes`: recording route maps from outside the kernel, and drawing them;
