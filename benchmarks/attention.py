@@ -22,8 +22,14 @@ heads come as ``MultiHeadAttention`` gives them to its kernel: (B, H, N, Dh) vie
   ``torch.cuda.max_memory_allocated`` over the call.
 * dense is skipped above 4096 tokens (its (B, H, N, N) scores alone are 8 GiB at 16384).
 
-Targets (CPU, bidirectional): bra at least 4x faster than fused in forward+backward at 8192,
-crossover with fused at N <= 2048, peak memory of bra within 2x of fused at 16384.
+``bra`` is the kernel with its default paths: bidirectional, region routing over gathered tiles
+(``sparse.py``); ``--causal``, token routing in MoBA's grouped layout from 128 tokens
+(``grouped.py``, each key region attended by exactly the queries that chose it).
+
+Targets (CPU, issue 15, forward+backward): causal, crossover with fused at N <= 1024 and at
+least 8x faster at 8192; bidirectional, crossover at N <= 1024 and at least 16x at 8192; peak
+memory of bra within 1.5x of fused at 16384. On a loaded machine, ``--threads 1`` and the load
+average printed with the table.
 
     python benchmarks/attention.py                  # full run, several minutes on 2 cores
     python benchmarks/attention.py --quick          # 512-2048, 2 repeats

@@ -41,7 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from plugformer.plugins.bra_grouped import grouped_causal_attention
+from plugformer.plugins.bra.grouped import grouped_causal_attention
 
 HEADS, HEAD_DIM, REGION, TOPK = 8, 64, 64, 4
 LENGTHS = (1024, 2048, 4096, 8192, 16384)

@@ -1,6 +1,7 @@
 """Block-sparse attention over gathered tiles: the CPU path of bi-level routing attention.
 
-The attention is a flash-style ``autograd.Function`` over the tiles of :mod:`.tiles`. Chunk by
+The attention is a flash-style ``autograd.Function`` over the tiles of :mod:`.tiles`: region
+tiles in :mod:`.sparse_region` (head by head on head-major copies), token tiles here. Chunk by
 chunk of tiles (all heads at once, so that the number of operations does not grow with the
 heads), it gathers the chosen key regions with ``index_select`` (never ``gather`` on an
 expanded view, whose backward materialises the expansion), runs batched matmuls and a
@@ -8,8 +9,7 @@ written-out masked softmax, and keeps for the backward only q, k, v, the output 
 tiles, one log-sum-exp per query row; the backward recomputes the scores. Memory therefore
 stays near that of q, k and v whatever the length. Sums into places (the gradient of a key
 region from every tile that chose it, a query's output from each of its tiles) multiply by a
-sparse matrix of ones: one parallel pass, where ``index_add_`` runs one small parallel region
-per index, which is slow on a busy machine.
+sparse matrix of ones (:mod:`.tile_ops`).
 
 Layouts: token-major outside the chunks, as multi-head attention lays heads out (queries and
 outputs (N, H, Dh), key regions (Nb, R, Hkv, Dh), usually views of the inputs, no copies);
@@ -19,7 +19,6 @@ key/value head and row g * C + c of a tile.
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -27,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from plugformer.plugins.bra.sparse_region import region_attention
+from plugformer.plugins.bra.tile_ops import (
+    Summing, apply_dropout, dropout_seed, grad_scores, grad_values, keep_mask, parts, scaled_bmm, summing_matrix, zeros,
+)
 from plugformer.plugins.bra.tiles import Tiles
-
-#: Scores per chunk of tiles, all heads together; bounds the working memory.
-CHUNK_ELEMENTS = 1 << 22
 
 
 def tiled_attention(
@@ -76,62 +76,8 @@ def tiled_attention(
             rows, k_blocks, v_blocks, bias, tiles.rows, tiles.blocks, blocked, live, scale, dropout
         )
     else:
-        out = _RegionAttention.apply(
-            rows, k_blocks, v_blocks, bias, tiles.blocks, blocked, live, scale, dropout
-        )
+        out = region_attention(rows, k_blocks, v_blocks, bias, tiles.blocks, blocked, live, scale, dropout)
     return out.view(b, -1, h, dh)[:, :lq].transpose(1, 2).to(q.dtype)
-
-
-class _RegionAttention(torch.autograd.Function):
-    """Region tiles: tile t holds query rows t*R .. t*R + R - 1 and one softmax per row over its
-    S regions.
-
-    q: (T*R, H, Dh); k, v: (Nb, R, Hkv, Dh); blocks: (T, S); bias, blocked: score layout
-    (T, Hkv or 1, G*R, S*R); live: (T*R, 1 or H, 1). Returns (T*R, H, Dh).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, blocks, blocked, live, scale, dropout):
-        seed = _seed(dropout)
-        region, kv_heads = k.shape[1], k.shape[2]
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        for index, part in enumerate(_parts(len(blocks), q.shape[1] * region * blocks.shape[1] * region)):
-            rows = slice(part.start * region, part.stop * region)
-            qt = _to_batch(q[rows], kv_heads, region)  # (tc*Hkv, G*R, Dh)
-            kt, vt = _take(k, blocks[part]), _take(v, blocks[part])  # (tc*Hkv, S*R, Dh)
-            p = torch.softmax(_scores(qt, kt, scale, bias, blocked, part), dim=-1)
-            o = torch.bmm(_dropout(p, dropout, seed, index), vt)
-            _tile_rows(out[rows], kv_heads, region).copy_(_from_batch(o, kv_heads, region))
-        if live is not None:
-            out.mul_(live)
-        ctx.save_for_backward(q, k, v, bias, blocks, blocked, live, out)
-        ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, bias, blocks, blocked, live, out = ctx.saved_tensors
-        region, kv_heads = k.shape[1], k.shape[2]
-        grad_out = grad_out.contiguous() if live is None else grad_out * live
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (T*R, H, 1)
-        dq, dk, dv = torch.empty_like(q, memory_format=torch.contiguous_format), _zeros(k), _zeros(v)
-        dbias = torch.empty_like(bias) if ctx.needs_input_grad[3] else None
-        to_blocks = _Summing(blocks, k.shape[0], k.dtype)
-        for index, part in enumerate(_parts(len(blocks), q.shape[1] * region * blocks.shape[1] * region)):
-            rows = slice(part.start * region, part.stop * region)
-            qt, kt, vt = _to_batch(q[rows], kv_heads, region), _take(k, blocks[part]), _take(v, blocks[part])
-            p = torch.softmax(_scores(qt, kt, ctx.scale, bias, blocked, part), dim=-1)
-            keep = _keep(p, ctx.dropout, ctx.seed, index)
-            dot = _to_batch(grad_out[rows], kv_heads, region)
-            to_blocks.add(dv, part, _block_major(_grad_values(p, dot, keep, ctx.dropout), k))
-            ds = _grad_scores(p, dot, vt, _to_batch(delta[rows], kv_heads, region), keep, ctx.dropout)
-            dq_part = _scaled_bmm(ds, kt, ctx.scale)  # (tc*Hkv, G*R, Dh)
-            _tile_rows(dq[rows], kv_heads, region).copy_(_from_batch(dq_part, kv_heads, region))
-            to_blocks.add(dk, part, _block_major(_scaled_bmm(ds.transpose(1, 2), qt, ctx.scale), k))
-            if dbias is not None:
-                dbias[part] = ds.view_as(dbias[part])
-        return dq, dk, dv, dbias, None, None, None, None, None
 
 
 class _TokenAttention(torch.autograd.Function):
@@ -143,17 +89,17 @@ class _TokenAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, rows, blocks, blocked, live, scale, dropout):
-        seed = _seed(dropout)
+        seed = dropout_seed(dropout)
         n, heads, dh = q.shape
         kv_heads, c = k.shape[2], rows.shape[1]
         lse = _token_lse(q, k, bias, rows, blocks, blocked, scale)  # (T, Hkv, G*C, 1)
         out = q.new_zeros(n, heads * dh)
-        to_rows = _Summing(rows, n, q.dtype)
-        for index, part in enumerate(_parts(len(rows), heads * c * k.shape[1])):
+        to_rows = Summing(rows, n, q.dtype)
+        for index, part in enumerate(parts(len(rows), heads * c * k.shape[1])):
             qt = _to_batch(q.index_select(0, rows[part].flatten()), kv_heads, c)  # (tc*Hkv, G*C, Dh)
             kt, vt = _take(k, blocks[part]), _take(v, blocks[part])  # (tc*Hkv, R, Dh)
             p = _scores(qt, kt, scale, bias, blocked, part).sub_(_flat(lse[part])).exp_()
-            o = torch.bmm(_dropout(p, dropout, seed, index), vt)
+            o = torch.bmm(apply_dropout(p, dropout, seed, index), vt)
             to_rows.add(out, part, _from_batch(o, kv_heads, c))
         out = out.view(n, heads, dh)
         if live is not None:
@@ -170,30 +116,24 @@ class _TokenAttention(torch.autograd.Function):
         kv_heads, c = k.shape[2], rows.shape[1]
         grad_out = grad_out.contiguous() if live is None else grad_out * live
         delta = (grad_out * out).sum(-1, keepdim=True)  # (N, H, 1)
-        dq, dk, dv = q.new_zeros(n, heads * dh), _zeros(k), _zeros(v)
+        dq, dk, dv = q.new_zeros(n, heads * dh), zeros(k), zeros(v)
         dbias = torch.empty_like(bias) if ctx.needs_input_grad[3] else None
-        to_rows, to_blocks = _Summing(rows, n, q.dtype), _Summing(blocks, k.shape[0], k.dtype)
-        for index, part in enumerate(_parts(len(rows), heads * c * k.shape[1])):
+        to_rows, to_blocks = Summing(rows, n, q.dtype), Summing(blocks, k.shape[0], k.dtype)
+        for index, part in enumerate(parts(len(rows), heads * c * k.shape[1])):
             flat = rows[part].flatten()
             qt = _to_batch(q.index_select(0, flat), kv_heads, c)
             dot = _to_batch(grad_out.index_select(0, flat), kv_heads, c)
             delta_part = _to_batch(delta.index_select(0, flat), kv_heads, c)
             kt, vt = _take(k, blocks[part]), _take(v, blocks[part])
             p = _scores(qt, kt, ctx.scale, bias, blocked, part).sub_(_flat(lse[part])).exp_()
-            keep = _keep(p, ctx.dropout, ctx.seed, index)
-            to_blocks.add(dv, part, _block_major(_grad_values(p, dot, keep, ctx.dropout), k))
-            ds = _grad_scores(p, dot, vt, delta_part, keep, ctx.dropout)
-            to_rows.add(dq, part, _from_batch(_scaled_bmm(ds, kt, ctx.scale), kv_heads, c))
-            to_blocks.add(dk, part, _block_major(_scaled_bmm(ds.transpose(1, 2), qt, ctx.scale), k))
+            keep = keep_mask(p, ctx.dropout, ctx.seed, index)
+            to_blocks.add(dv, part, _block_major(grad_values(p, dot, keep, ctx.dropout), k))
+            ds = grad_scores(p, dot, vt, delta_part, keep, ctx.dropout)
+            to_rows.add(dq, part, _from_batch(scaled_bmm(ds, kt, ctx.scale), kv_heads, c))
+            to_blocks.add(dk, part, _block_major(scaled_bmm(ds.transpose(1, 2), qt, ctx.scale), k))
             if dbias is not None:
                 dbias[part] = ds.view_as(dbias[part])
         return dq.view(n, heads, dh), dk, dv, dbias, None, None, None, None, None, None
-
-
-def _parts(tiles: int, scores_per_tile: int) -> list[slice]:
-    """Ranges of tiles with about CHUNK_ELEMENTS scores each."""
-    step = max(1, CHUNK_ELEMENTS // scores_per_tile)
-    return [slice(start, min(start + step, tiles)) for start in range(0, tiles, step)]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -238,7 +178,7 @@ def _scores(
 ) -> Tensor:
     """scale * q (tc*Hkv, G*C, Dh) @ k (tc*Hkv, S*R, Dh)^T [+ bias], blocked cells at the lowest
     float: (tc*Hkv, G*C, S*R)."""
-    scores = _scaled_bmm(q, k.transpose(1, 2), scale)
+    scores = scaled_bmm(q, k.transpose(1, 2), scale)
     if bias is not None or blocked is not None:
         per_tile = scores.view(part.stop - part.start, -1, *scores.shape[1:])  # (tc, Hkv, G*C, S*R)
         if bias is not None:
@@ -248,90 +188,13 @@ def _scores(
     return scores
 
 
-def _grad_values(p: Tensor, grad_out: Tensor, keep: Optional[Tensor], dropout: float) -> Tensor:
-    """d v of out = dropout(p) v: (tc*Hkv, S*R, Dh) from p (tc*Hkv, G*C, S*R), grad_out (…, G*C, Dh)."""
-    if keep is None:
-        return torch.bmm(p.transpose(1, 2), grad_out)
-    return torch.bmm((p * keep).transpose(1, 2), grad_out).div_(1.0 - dropout)
-
-
-def _grad_scores(
-    p: Tensor, grad_out: Tensor, v: Tensor, delta: Tensor, keep: Optional[Tensor], dropout: float
-) -> Tensor:
-    """d scores of out = dropout(p) v with p = softmax(scores), in place of p.
-
-    delta: (tc*Hkv, G*C, 1), rowsum(grad_out * out), the softmax's correction.
-    """
-    dp = torch.bmm(grad_out, v.transpose(1, 2))  # (tc*Hkv, G*C, S*R)
-    if keep is not None:
-        dp = dp.mul_(keep).div_(1.0 - dropout)
-    return p.mul_(dp.sub_(delta))
-
-
-def _scaled_bmm(a: Tensor, b: Tensor, scale: float) -> Tensor:
-    return torch.baddbmm(a.new_empty(a.shape[0], a.shape[1], b.shape[2]), a, b, beta=0.0, alpha=scale)
-
-
-class _Summing:
-    """``target[index[i]] += values[i]`` for the tiles of a part, by a sparse matrix of ones.
-
-    Args:
-        index: (T, Y) places of the rows of every tile.
-        places: number of places (rows of the target).
-    """
-
-    def __init__(self, index: Tensor, places: int, dtype: torch.dtype) -> None:
-        self.index, self.places, self.dtype = index, places, dtype
-        self._part: Optional[tuple[int, int]] = None
-        self._matrix: Optional[Tensor] = None
-
-    def add(self, target: Tensor, part: slice, values: Tensor) -> None:
-        """target (places, ...) += the rows of values (n, ...) summed by index[part]."""
-        if self._part != (part.start, part.stop):
-            self._part = (part.start, part.stop)
-            self._matrix = _summing_matrix(self.index[part].flatten(), self.places, self.dtype)
-        target.view(self.places, -1).addmm_(self._matrix, values.reshape(self._matrix.shape[1], -1))
-
-
-def _summing_matrix(index: Tensor, places: int, dtype: torch.dtype) -> Tensor:
-    """Sparse CSR (places, n) matrix with a one at (index[i], i)."""
-    order = torch.argsort(index, stable=True)
-    crow = index.new_zeros(places + 1)
-    torch.cumsum(torch.bincount(index, minlength=places), 0, out=crow[1:])
-    ones = torch.ones(index.numel(), dtype=dtype, device=index.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, order, ones, size=(places, index.numel()))
-
-
-def _zeros(x: Tensor) -> Tensor:
-    return torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-
-
-def _seed(dropout: float) -> int:
-    return int(torch.randint(0, 2**62, ())) if dropout > 0 else 0
-
-
-def _keep(p: Tensor, dropout: float, seed: int, index: int) -> Optional[Tensor]:
-    """The dropout keep-mask of chunk ``index``, regenerated identically in backward."""
-    if dropout <= 0:
-        return None
-    generator = torch.Generator(device=p.device).manual_seed(seed + index)
-    return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) >= dropout
-
-
-def _dropout(p: Tensor, dropout: float, seed: int, index: int) -> Tensor:
-    keep = _keep(p, dropout, seed, index)
-    return p if keep is None else p.mul_(keep).div_(1.0 - dropout)
-
-
 def _token_lse(q, k, bias, rows, blocks, blocked, scale) -> Tensor:
     """First pass over token tiles: each query's log-sum-exp over all its tiles, (T, Hkv, G*C, 1)."""
     n, heads, _ = q.shape
     kv_heads = k.shape[2]
     t, c = rows.shape
     per_row = q.new_empty(t * kv_heads, heads // kv_heads * c, 1)
-    for part in _parts(t, heads * c * k.shape[1]):
+    for part in parts(t, heads * c * k.shape[1]):
         qt = _to_batch(q.index_select(0, rows[part].flatten()), kv_heads, c)
         scores = _scores(qt, _take(k, blocks[part]), scale, bias, blocked, part)
         per_row[part.start * kv_heads : part.stop * kv_heads] = torch.logsumexp(scores, dim=-1, keepdim=True)
@@ -339,7 +202,7 @@ def _token_lse(q, k, bias, rows, blocks, blocked, scale) -> Tensor:
     flat = rows.flatten()
     top = q.new_full((n, heads), torch.finfo(q.dtype).min)
     top = top.scatter_reduce_(0, flat[:, None].expand(-1, heads), per_row, "amax")  # (N, H)
-    total = _summing_matrix(flat, n, q.dtype) @ (per_row - top[flat]).exp_()  # (N, H)
+    total = summing_matrix(flat, n, q.dtype) @ (per_row - top[flat]).exp_()  # (N, H)
     lse = (top + total.log())[flat]  # (T*C, H)
     return _to_batch(lse[..., None], kv_heads, c).view(t, kv_heads, -1, 1)
 
@@ -349,7 +212,7 @@ def _live_rows(allowed: Tensor, tiles: Tiles, n: int) -> Tensor:
     per_row = allowed.any(-1)  # (T, C) or (H, T, C)
     per_row = per_row.reshape(-1, 1) if per_row.dim() == 2 else per_row.flatten(1).T  # (T*C, 1|H)
     if tiles.shared_rows:
-        per_row = _summing_matrix(tiles.rows.flatten(), n, torch.float32) @ per_row.float() > 0  # (N, 1|H)
+        per_row = summing_matrix(tiles.rows.flatten(), n, torch.float32) @ per_row.float() > 0  # (N, 1|H)
     return per_row[..., None]
 
 

@@ -1,13 +1,29 @@
-"""Every bi-level routing attention test runs on both CPU paths of the kernel."""
+"""Every bi-level routing attention test runs on each CPU path of the kernel."""
 
 from __future__ import annotations
 
 import pytest
 
+#: The kernel arguments that force each path: every score under the routed mask (short inputs),
+#: the gathered tiles, and MoBA's grouped layout (causal token-routed self-attention).
+PATHS = {
+    "tiles": {"dense_up_to": 0, "grouped_from": 1 << 30},
+    "masked": {"dense_up_to": 1 << 30, "grouped_from": 1 << 30},
+    "grouped": {"dense_up_to": 0, "grouped_from": 0},
+}
 
-@pytest.fixture(autouse=True, params=["tiles", "masked"])
-def dense_up_to(request) -> int:
-    """The kernel's ``dense_up_to`` for this run: 0 (always the gathered tiles) or more keys than
-    any test has (every score under the routed mask, what short inputs take); tests pass it to
-    the kernels they build."""
-    return 0 if request.param == "tiles" else 1 << 30
+
+class Path(dict):
+    """Kernel keyword arguments choosing one path; ``spec`` writes them into a spec string."""
+
+    @property
+    def spec(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in self.items())
+
+
+@pytest.fixture(autouse=True, params=list(PATHS))
+def path(request) -> Path:
+    """The kernel arguments of this run's path; tests pass them (``**path``) to the kernels they
+    build. A call the path cannot serve (the grouped path is for causal token routing) takes the
+    tiles."""
+    return Path(PATHS[request.param])

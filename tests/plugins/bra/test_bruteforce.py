@@ -65,9 +65,9 @@ def exact(q, k, v, allowed):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["region", "causal-token"])
-def test_attends_the_regions_a_written_out_routing_chooses(causal, dense_up_to):
+def test_attends_the_regions_a_written_out_routing_chooses(causal, path):
     torch.manual_seed(3)
-    kernel = build_part("attention", f"bra(region={R}, topk={TOPK}, dense_up_to={dense_up_to})",
+    kernel = build_part("attention", f"bra(region={R}, topk={TOPK}, {path.spec})",
                         d_model=32, heads=2, causal=causal)
     q, k, v = (torch.randn(1, 2, 22, 16, dtype=torch.float64) for _ in range(3))
     allowed = (brute_causal_token_mask if causal else brute_region_mask)(q[0], k[0])
@@ -75,10 +75,10 @@ def test_attends_the_regions_a_written_out_routing_chooses(causal, dense_up_to):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["region", "causal-token"])
-def test_a_left_padded_row_attends_the_regions_of_its_tokens_alone(causal, dense_up_to):
+def test_a_left_padded_row_attends_the_regions_of_its_tokens_alone(causal, path):
     """Regions start at the first real token, whatever padding precedes it."""
     torch.manual_seed(4)
-    kernel = build_part("attention", f"bra(region={R}, topk={TOPK}, dense_up_to={dense_up_to})",
+    kernel = build_part("attention", f"bra(region={R}, topk={TOPK}, {path.spec})",
                         d_model=32, heads=2, causal=causal)
     pads, length = 3, 22
     q, k, v = (torch.randn(1, 2, length, 16, dtype=torch.float64) for _ in range(3))

@@ -30,6 +30,7 @@ BAD = [
     (dict(backend="triton"), "backend"),
     (dict(scale=0.0), "scale"),
     (dict(dense_up_to=-1), "dense_up_to"),
+    (dict(grouped_from=-1), "grouped_from"),
 ]
 
 
@@ -39,17 +40,17 @@ def test_bad_arguments_name_themselves(kwargs, name):
         bra(BuildContext(d_model=64, heads=4, max_len=256), **kwargs)
 
 
-def test_region_routing_refuses_causal_attention(dense_up_to):
+def test_region_routing_refuses_causal_attention(path):
     with pytest.raises(ValueError, match="routing='region'.*future"):
         bra(BuildContext(d_model=64, heads=4, causal=True), routing="region")
-    kernel = BiLevelRoutingAttention(heads=4, head_dim=8, routing="region", dense_up_to=dense_up_to)
+    kernel = BiLevelRoutingAttention(heads=4, head_dim=8, routing="region", **path)
     with pytest.raises(ValueError, match="routing='region'"):
         kernel(*qkv(lq=8), causal=True)
 
 
-def test_decoder_cross_attention_routes_each_query_alone(dense_up_to):
+def test_decoder_cross_attention_routes_each_query_alone(path):
     ctx = BuildContext(d_model=32, heads=4, cross=True, decoder=True)
-    kernel = bra(ctx, dense_up_to=dense_up_to, region=8, topk=2)
+    kernel = bra(ctx, **path, region=8, topk=2)
     assert kernel.routing == "token"
     q, k, v = qkv(lq=20, lk=40)
     changed = q.clone()
@@ -84,6 +85,8 @@ def test_dense_up_to_reaches_the_kernel_with_its_default():
     ctx = BuildContext(d_model=64, heads=4, max_len=256)
     assert bra(ctx).dense_up_to == 64
     assert bra(ctx, dense_up_to=0).dense_up_to == 0
+    assert bra(ctx).grouped_from == 128
+    assert bra(ctx, grouped_from=0).grouped_from == 0
 
 
 @pytest.mark.parametrize("text, value", [
@@ -91,6 +94,7 @@ def test_dense_up_to_reaches_the_kernel_with_its_default():
     ("bra(region=0)", "0"),
     ("bra(lce=4)", "4"),
     ("bra(dense_up_to=-1)", "-1"),
+    ("bra(grouped_from=-5)", "-5"),
     ("bra(routing='region')", "'region'"),
 ])
 def test_argument_errors_put_the_caret_under_the_value(text, value):

@@ -12,19 +12,19 @@ from plugformer.plugins.bra import BiLevelRoutingAttention, plot_routes, record_
 from .reference import padding, qkv
 
 
-def layers_of(routings, dense_up_to):
+def layers_of(routings, path):
     return torch.nn.ModuleList(
         MultiHeadAttention(d_model=32, heads=4, kv_heads=4, head_dim=8,
                            kernel=BiLevelRoutingAttention(
-                               heads=4, head_dim=8, region=8, topk=2, routing=r, dense_up_to=dense_up_to,
+                               heads=4, head_dim=8, region=8, topk=2, routing=r, **path,
                            ))
         for r in routings
     )
 
 
-def test_record_and_plot_routes(tmp_path, dense_up_to):
+def test_record_and_plot_routes(tmp_path, path):
     pytest.importorskip("matplotlib")
-    layers = layers_of(("region", "token"), dense_up_to)
+    layers = layers_of(("region", "token"), path)
     x = torch.randn(2, 50, 32)
     with record_routes(layers) as routes:
         layers[0](x)
@@ -32,8 +32,8 @@ def test_record_and_plot_routes(tmp_path, dense_up_to):
     assert set(routes) == {"0.kernel", "1.kernel"}
     assert routes["0.kernel"].shape == (7, 7)
     torch.testing.assert_close(routes["0.kernel"].sum(1), torch.full((7,), 2.0))
-    path = plot_routes(routes, tmp_path / "routes.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = plot_routes(routes, tmp_path / "routes.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recorded = routes["0.kernel"]
     layers[0](x * 2)  # after the block: nothing records, and the kernel kept no state
     assert routes["0.kernel"] is recorded
@@ -41,11 +41,11 @@ def test_record_and_plot_routes(tmp_path, dense_up_to):
 
 
 @pytest.mark.parametrize("routing, causal", [("region", False), ("token", True)])
-def test_recorded_map_is_the_share_of_queries_choosing_each_region(routing, causal, dense_up_to):
+def test_recorded_map_is_the_share_of_queries_choosing_each_region(routing, causal, path):
     q, k, v = qkv(lq=45)
     mask = padding(2, 45, [45, 30])
     kernel = BiLevelRoutingAttention(heads=4, head_dim=8, region=8, topk=2, routing=routing,
-                                     dense_up_to=dense_up_to)
+                                     **path)
     with record_routes(kernel) as routes:
         kernel(q, k, v, mask=mask, causal=causal)
     key_valid = mask[:, 0, 0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugformer.plugins.bra_grouped import grouped_causal_attention, grouped_plan
+from plugformer.plugins.bra.grouped import grouped_causal_attention, grouped_plan
 
 
 def random_routes(b: int, length: int, region: int, topk: int, seed: int) -> torch.Tensor:

@@ -14,14 +14,13 @@ with ``index_add_``).
 
 Two paths compute the blocks. Without a mask (no key padding, every query chose its own region:
 what causal token routing gives) PyTorch's fused CPU flash-attention kernel does the diagonal
-and the tiles, forward and backward; the backward passes each block the *merged* output and
-log-sum-exp, as MoBA does, so the kernel's gradients are already those of the full softmax.
-Otherwise :mod:`bra_grouped_masked` does it with batched matmuls and a flash-style backward.
+and the tiles, forward and backward (:mod:`.grouped_fused`, whose custom operators tell
+``FlopCounterMode`` the FLOPs the routing asks for). Otherwise :mod:`.grouped_masked` does it with batched matmuls and a flash-style backward.
 Neither keeps an (L x L) or a (pairs x R) tensor; the tiles are processed in groups of
 ``tile_budget`` scores. Half and bfloat16 inputs compute in float32.
 
 Checked against dense softmax attention under the boolean mask the routing implies, and exact
-causal attention when ``topk`` covers every region (``tests/plugins/test_bra_grouped.py``);
+causal attention when ``topk`` covers every region (``tests/plugins/bra/test_grouped.py``);
 speed against fused causal attention in ``benchmarks/bra_causal_grouped.py``.
 """
 
@@ -34,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plugformer.plugins.bra_grouped_masked import masked_grouped_attention, tile_groups
+from plugformer.plugins.bra.grouped_fused import FLASH, fused_grouped_attention
+from plugformer.plugins.bra.grouped_masked import masked_grouped_attention
 
 #: Scores per tile group (query rows x region keys x heads) computed at once. Bounds the memory
 #: the tiles take beside q, k, v (2**20 float32 scores = 4 MiB per temporary, which stays in
@@ -50,12 +50,14 @@ class GroupedPlan(NamedTuple):
         blocks: (W,) long, flat key region b * n + j of each tile.
         own: (B * Lp,) bool, whether each query chose its own region, or None when all did.
         null: index of the zero row that empty slots point to (= B * Lp).
+        pairs: filled slots, the (query, earlier region) pairs attended.
     """
 
     rows: Tensor
     blocks: Tensor
     own: Optional[Tensor]
     null: int
+    pairs: int
 
 
 def grouped_plan(chosen: Tensor, *, length: int, region: int, rows: int) -> GroupedPlan:
@@ -105,7 +107,7 @@ def grouped_plan(chosen: Tensor, *, length: int, region: int, rows: int) -> Grou
     tile_rows[slot_of_pair] = pair_rows
     blocks = torch.repeat_interleave(torch.arange(b * n, device=device), tiles)
     own_flat = None if bool(own.all()) else F.pad(own, (0, padded - lq)).reshape(-1)
-    return GroupedPlan(rows=tile_rows, blocks=blocks, own=own_flat, null=null)
+    return GroupedPlan(rows=tile_rows, blocks=blocks, own=own_flat, null=null, pairs=pair_rows.numel())
 
 
 def grouped_causal_attention(
@@ -142,7 +144,7 @@ def grouped_causal_attention(
         fused: attend the blocks with PyTorch's fused CPU flash-attention kernel
             (``aten._scaled_dot_product_flash_attention_for_cpu``, forward and backward) when no
             mask is needed (no ``key_valid``, every query chose its own region); otherwise, or
-            with False, plain batched matmuls (:mod:`bra_grouped_masked`). Default: True.
+            with False, plain batched matmuls (:mod:`.grouped_masked`). Default: True.
 
     Returns:
         (B, H, L, D) in q's dtype.
@@ -155,8 +157,9 @@ def grouped_causal_attention(
     _check(q, k, v, chosen, key_valid, region=region, rows=rows, tile_budget=tile_budget)
     plan = grouped_plan(chosen, length=length, region=region, rows=rows)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    if fused and key_valid is None and plan.own is None and _FLASH is not None and q.device.type == "cpu":
-        return _FusedGroupedAttention.apply(q, k, v, plan.rows, plan.blocks, region, scale, tile_budget)
+    if fused and key_valid is None and plan.own is None and FLASH is not None and q.device.type == "cpu":
+        return fused_grouped_attention(q, k, v, plan.rows, plan.blocks, region=region, scale=scale,
+                                       budget=tile_budget, pairs=plan.pairs)
     return masked_grouped_attention(q, k, v, rows=plan.rows, blocks=plan.blocks, own=plan.own,
                                     key_valid=key_valid, region=region, scale=scale, budget=tile_budget)
 
@@ -182,134 +185,3 @@ def _check(q, k, v, chosen, key_valid, *, region, rows, tile_budget) -> None:
     if key_valid is not None and (key_valid.shape != (b, length) or key_valid.dtype != torch.bool):
         raise ValueError(f"key_valid must be a (B={b}, L={length}) bool tensor; got "
                          f"{tuple(key_valid.shape)} {key_valid.dtype}")
-
-
-
-
-_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-
-
-def _by_head(x: Tensor, heads: int) -> Tensor:
-    """(w, Hkv, R, D) key blocks -> (w, H, R, D), each key/value head repeated for its query heads."""
-    w, hkv, r, d = x.shape
-    if heads == hkv:
-        return x
-    return x[:, :, None].expand(w, hkv, heads // hkv, r, d).reshape(w, heads, r, d)
-
-
-def _by_kv_head(x: Tensor, kv_heads: int) -> Tensor:
-    """(w, H, R, D) gradients -> (w, Hkv, R, D), summed over the query heads of each key/value head."""
-    w, h, r, d = x.shape
-    return x if h == kv_heads else x.view(w, kv_heads, h // kv_heads, r, d).sum(2)
-
-
-class _FusedGroupedAttention(torch.autograd.Function):
-    """Rows are flat b * Lp + i, regions flat b * n + j; empty tile slots (row B * Lp) read row 0
-    and are given no weight in the forward and no gradient in the backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, rows_, blocks_, region, scale, budget):
-        dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-        b, h, length, d = q.shape
-        hkv, n = k.shape[1], math.ceil(length / region)
-        padded = n * region
-        qr = _query_rows(q, padded, dtype)  # (B * Lp, H, D), a view of q when B = 1 and L = Lp
-        kr, vr = (_key_blocks(x, region, padded, dtype) for x in (k, v))  # (B * n, Hkv, R, D)
-        filled = rows_ < b * padded
-        rows_ = rows_.masked_fill(~filled, 0)
-
-        q_diag = qr.view(b * n, region, h, d).transpose(1, 2)  # (B * n, H, R, D)
-        out, lse = _FLASH(q_diag, _by_head(kr, h), _by_head(vr, h), 0.0, True, scale=scale)
-        acc = out.transpose(1, 2).reshape(b * padded, h, d)
-        top = lse.transpose(1, 2).reshape(b * padded, h)
-        total = torch.ones_like(top)  # (B * Lp, H): sum of exp(lse - top) over the blocks
-
-        for start, rows, blocks in _groups(rows_, blocks_, h, region, budget):
-            w = blocks.numel()
-            real = filled[start: start + rows.numel(), None]
-            q_tiles = qr.index_select(0, rows).view(w, -1, h, d).transpose(1, 2)  # (w, H, C, D)
-            k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
-            out, lse = _FLASH(q_tiles, k_tiles, v_tiles, 0.0, False, scale=scale)
-            out = out.transpose(1, 2).reshape(-1, h, d)  # (w * C, H, D)
-            lse = lse.transpose(1, 2).reshape(-1, h).masked_fill(~real, -math.inf)
-            new_top = top.scatter_reduce(0, rows[:, None].expand_as(lse), lse, "amax")
-            rescale = torch.exp(top - new_top)
-            acc.mul_(rescale[..., None])
-            total.mul_(rescale)
-            weight = torch.exp(lse - new_top.index_select(0, rows))
-            acc.index_add_(0, rows, out.mul_(weight[..., None]))
-            total.index_add_(0, rows, weight)
-            top = new_top
-
-        out = acc.div_(total[..., None])
-        lse = top + torch.log(total)
-        ctx.save_for_backward(qr, kr, vr, out, lse, rows_, blocks_, filled)
-        ctx.shape, ctx.region, ctx.scale, ctx.budget = (b, h, hkv, length, d), region, scale, budget
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
-        return out.view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        qr, kr, vr, out, lse, rows_, blocks_, filled = ctx.saved_tensors
-        (b, h, hkv, length, d), region, scale = ctx.shape, ctx.region, ctx.scale
-        n = kr.shape[0] // b
-        padded = n * region
-        go = _query_rows(grad_out, padded, qr.dtype)  # (B * Lp, H, D), zero after L
-
-        def diagonal(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (B * n, H, R, ...)
-            return x.view(b * n, region, h, -1).transpose(1, 2)
-
-        dq, dk, dv = _FLASH_BACKWARD(
-            diagonal(go), diagonal(qr), _by_head(kr, h), _by_head(vr, h), diagonal(out),
-            diagonal(lse[..., None])[..., 0], 0.0, True, scale=scale,
-        )
-        dq = dq.transpose(1, 2).reshape(b * padded, h, d)
-        dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, Hkv, R, D)
-
-        for start, rows, blocks in _groups(rows_, blocks_, h, region, ctx.budget):
-            w = blocks.numel()
-            real = filled[start: start + rows.numel()].view(w, 1, -1, 1)  # (w, 1, C, 1)
-
-            def tiles(x: Tensor) -> Tensor:  # (B * Lp, H, ...) -> (w, H, C, ...)
-                return x.index_select(0, rows).view(w, -1, h, x[0, 0].numel()).transpose(1, 2)
-
-            k_tiles, v_tiles = (_by_head(x.index_select(0, blocks), h) for x in (kr, vr))
-            dq_t, dk_t, dv_t = _FLASH_BACKWARD(
-                tiles(go).mul(real), tiles(qr), k_tiles, v_tiles, tiles(out), tiles(lse[..., None])[..., 0],
-                0.0, False, scale=scale,
-            )
-            dq.index_add_(0, rows, dq_t.transpose(1, 2).reshape(-1, h, d))
-            dk.index_add_(0, blocks, _by_kv_head(dk_t, hkv))
-            dv.index_add_(0, blocks, _by_kv_head(dv_t, hkv))
-
-        dtype_q, dtype_k, dtype_v = ctx.dtypes
-        grad_q = dq.view(b, padded, h, d)[:, :length].transpose(1, 2).to(dtype_q)
-        grad_k, grad_v = (
-            x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length]
-            .to(dtype)
-            for x, dtype in ((dk, dtype_k), (dv, dtype_v))
-        )
-        return grad_q, grad_k, grad_v, None, None, None, None, None
-
-
-def _groups(rows: Tensor, blocks: Tensor, heads: int, region: int, budget: int):
-    """:func:`tile_groups` with the offset of each group's first slot."""
-    start = 0
-    for group_rows, group_blocks in tile_groups(rows, blocks, heads=heads, region=region, budget=budget):
-        yield start, group_rows, group_blocks
-        start += group_rows.numel()
-
-
-def _query_rows(x: Tensor, padded: int, dtype: torch.dtype) -> Tensor:
-    """(B, H, L, D) -> (B * Lp, H, D), zero rows after L; a view of x when B = 1 and L = Lp."""
-    b, h, length, d = x.shape
-    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
-    return x.transpose(1, 2).reshape(b * padded, h, d)
-
-
-def _key_blocks(x: Tensor, region: int, padded: int, dtype: torch.dtype) -> Tensor:
-    """(B, Hkv, L, D) -> (B * n, Hkv, R, D), zero keys after L; a view of x when B = 1 and L = Lp."""
-    b, hkv, length, d = x.shape
-    x = F.pad(x.to(dtype), (0, 0, 0, padded - length)) if padded != length else x.to(dtype)
-    return x.view(b, hkv, -1, region, d).transpose(1, 2).reshape(-1, hkv, region, d)

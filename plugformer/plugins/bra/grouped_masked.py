@@ -1,6 +1,6 @@
-"""The plain-matmul path of :mod:`bra_grouped`: any key mask, any routing, flash-style backward.
+"""The plain-matmul path of :mod:`.grouped`: any key mask, any routing, flash-style backward.
 
-The (query, region) tiles of :func:`bra_grouped.grouped_plan` are attended with batched matmuls
+The (query, region) tiles of :func:`.grouped.grouped_plan` are attended with batched matmuls
 (scores masked where a key is padding or, in the diagonal block, in the future or in a region
 the query did not choose), merged online through a running maximum, and the backward pass
 recomputes the scores tile by tile from the saved log-sum-exp (flash attention's backward), so
@@ -21,7 +21,7 @@ def masked_grouped_attention(
     q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, blocks: Tensor, own: Optional[Tensor],
     key_valid: Optional[Tensor], region: int, scale: float, budget: int,
 ) -> Tensor:
-    """Grouped causal attention with plain matmuls; arguments as in ``bra_grouped``.
+    """Grouped causal attention with plain matmuls; arguments as in :mod:`.grouped`.
 
     Args:
         q: (B, H, L, D); k, v: (B, Hkv, L, D).
