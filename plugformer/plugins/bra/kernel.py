@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
+from plugformer.core.tracing import eager
 from plugformer.plugins.bra.cpu import gathered, masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
@@ -200,7 +201,8 @@ class BiLevelRoutingAttention(AttentionKernel):
         and the W - Lq zero rows in front (see :meth:`_attend_aligned`)."""
         lq = q.shape[2]
         token = resolve_routing(self.routing, causal) == "token"
-        front = (min(lk, lq + int(shift.max())) if token else lk) - lq
+        # Compiled, every cached step takes the whole window: its size may not depend on values.
+        front = (min(lk, lq + int(shift.max())) if token and eager() else lk) - lq
         if front:
             q = torch.cat([q.new_zeros(*q.shape[:2], front, q.shape[3]), q], dim=2)  # (B, H, W, Dh)
         return roll_rows(q, shift, 2), front

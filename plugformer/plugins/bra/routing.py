@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from plugformer.core.tracing import eager
+
 Routing = Literal["region", "token", "auto"]
 ROUTINGS = ("region", "token", "auto")
 
@@ -143,6 +145,8 @@ def region_shift(key_valid: Optional[Tensor], region: int) -> Optional[Tensor]:
         return None
     lead = torch.where(key_valid.any(1), key_valid.int().argmax(1), 0)  # (B,) first real key
     shift = lead % region
+    if not eager():
+        return shift  # a zero shift rolls nothing; testing for one would break a compiled graph
     return shift if bool(shift.any()) else None
 
 

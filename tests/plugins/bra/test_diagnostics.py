@@ -46,9 +46,9 @@ def brute_recall(kernel, q, k, *, causal, mask=None, bias=None):
     ("region", False, 37, 4), ("token", True, 37, 2), ("token", False, 37, 4), ("token", True, 9, 4),
 ])
 @pytest.mark.parametrize("padded", [False, True])
-def test_route_recall_equals_brute_force(routing, causal, lq, hkv, padded, dense_up_to):
+def test_route_recall_equals_brute_force(routing, causal, lq, hkv, padded, path):
     kernel = BiLevelRoutingAttention(heads=4, head_dim=8, region=8, topk=2, routing=routing,
-                                     dense_up_to=dense_up_to)
+                                     **path)
     q, k, v = qkv(b=2, h=4, hkv=hkv, lq=lq, lk=37, seed=3)
     mask = padding(2, 37, [37, 30]) if padded else None
     with route_stats(kernel, queries=None) as stats:
@@ -60,9 +60,9 @@ def test_route_recall_equals_brute_force(routing, causal, lq, hkv, padded, dense
 
 
 @pytest.mark.parametrize("routing, causal", [("region", False), ("token", True), ("token", False)])
-def test_route_recall_is_one_when_topk_covers_every_region(routing, causal, dense_up_to):
+def test_route_recall_is_one_when_topk_covers_every_region(routing, causal, path):
     kernel = BiLevelRoutingAttention(heads=4, head_dim=8, region=8, topk=5, routing=routing,
-                                     dense_up_to=dense_up_to)
+                                     **path)
     q, k, v = qkv(b=3, h=4, hkv=2, lq=40, seed=1)
     mask = padding(3, 40, [40, 25, 33]) | torch.zeros(3, 1, 1, 40, dtype=torch.bool)
     mask[2, ..., :5] = False  # a left-padded row: regions cut by token position
