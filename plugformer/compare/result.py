@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import attrs
 
 from plugformer.compare.store import RUN_FORMAT, RunRecord
+from plugformer.compare.units import si_count
 from plugformer.tasks.metrics import SCORES, EvalResult, is_fraction, scores_of, short_name
 
 __all__ = ["EvalResult", "VariantResult", "Comparison", "FORMAT"]
@@ -141,8 +142,8 @@ class Comparison:
         shown = _percent if is_fraction(self.primary_metric) else (lambda v: _number(v, 1, 4))
         columns: list[tuple[str, list[str]]] = [
             ("variant", [row.label for row in self.rows]),
-            ("params", [_count(row.params) for row in self.rows]),
-            ("FLOPs fwd", [_count(row.flops_fwd) for row in self.rows]),
+            ("params", [si_count(row.params) for row in self.rows]),
+            ("FLOPs fwd", [si_count(row.flops_fwd) for row in self.rows]),
             ("fwd ms", [_number(row.time_fwd_s, 1e3, 2) for row in self.rows]),
             ("fwd+bwd ms", [_number(row.time_fwd_bwd_s, 1e3, 2) for row in self.rows]),
             ("peak MiB", [_number(row.mem_fwd_bwd_bytes, 1 / _MIB, 1) for row in self.rows]),
@@ -315,14 +316,6 @@ class Comparison:
             warnings.warn(f"figures not written: {err}", stacklevel=2)
         return paths
 
-
-def _count(value: Optional[int]) -> str:
-    if value is None:
-        return "-"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.1f}{suffix}"
-    return str(value)
 
 
 def _number(value: Optional[float], scale: float, digits: int = 1) -> str:

@@ -17,6 +17,7 @@ from plugformer.compare.cost import cost_to_reach
 from plugformer.compare.report import choose_runs
 from plugformer.compare.stats import INTERVAL_NOTE, MARKS, Interval, compare_to_best, higher_is_better, interval
 from plugformer.compare.store import RunRecord
+from plugformer.compare.units import si_count
 from plugformer.tasks.metrics import SCORES, is_fraction, result_from_scores, short_name
 
 __all__ = ["reported_runs", "rows_from_runs", "table_lines", "verdicts"]
@@ -118,8 +119,8 @@ def table_lines(comparison: Any) -> tuple[list[tuple[str, list[str]]], list[str]
         ("mark", [mark(row) for row in rows]),
         ("lr", [f"{row.lr:g}" if row.lr is not None else "-" for row in rows]),
         ("seeds", [str(len(chosen.get(row.label, []))) for row in rows]),
-        ("params", [_count(row.params) for row in rows]),
-        ("FLOPs fwd", [_count(row.flops_fwd) for row in rows]),
+        ("params", [si_count(row.params) for row in rows]),
+        ("FLOPs fwd", [si_count(row.flops_fwd) for row in rows]),
         ("fwd+bwd ms", [_plain(row.time_fwd_bwd_s, 1e3, 2) for row in rows]),
         ("peak MiB", [_plain(row.mem_fwd_bwd_bytes, 1 / _MIB, 1) for row in rows]),
         ("final loss", [_fmt(over(row, lambda r: r.metrics.get("final_loss"))) for row in rows]),
@@ -183,14 +184,6 @@ def _rates(lr: Any) -> list[float]:
         return []
     return [float(x) for x in lr] if isinstance(lr, (list, tuple)) else [float(lr)]
 
-
-def _count(value: Optional[int]) -> str:
-    if value is None:
-        return "-"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.1f}{suffix}"
-    return str(value)
 
 
 def _plain(value: Optional[float], scale: float, digits: int) -> str:

@@ -133,17 +133,9 @@ class Block(nn.Module, ABC):
     uses_token_mask: ClassVar[bool] = False
 
     @abstractmethod
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        memory: Optional[Tensor] = None,
-        self_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None,
-        causal: bool = False,
-        positions: Optional["Positions"] = None,
-        cache: Optional["LayerCache"] = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, memory: Optional[Tensor] = None, self_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, causal: bool = False,
+                positions: Optional["Positions"] = None, cache: Optional["LayerCache"] = None) -> Tensor:
         """x: (B, L, D); memory: (B, S, D) encoder output or None. Returns (B, L, D).
 
         ``self_mask`` / ``memory_mask`` are boolean, True = may attend, broadcastable to

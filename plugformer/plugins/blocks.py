@@ -50,18 +50,10 @@ class WiredBlock(Block):
 
     uses_token_mask = True
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        memory: Optional[Tensor] = None,
-        self_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None,
-        causal: bool = False,
-        positions: Optional[Positions] = None,
-        cache: Optional[LayerCache] = None,
-        token_mask: Optional[Tensor] = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, memory: Optional[Tensor] = None, self_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, causal: bool = False,
+                positions: Optional[Positions] = None, cache: Optional[LayerCache] = None,
+                token_mask: Optional[Tensor] = None) -> Tensor:
         """x: (B, L, D), memory: (B, S, D) or None -> (B, L, D); token_mask (B, L) bool, True = a
         real token, reaches a feed-forward part that declares ``uses_token_mask``."""
         def attend(h: Tensor) -> Tensor:
