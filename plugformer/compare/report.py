@@ -232,6 +232,19 @@ def _route_png(source: RouteMap) -> bytes:
     return bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
 
 
+def _saved_figures(chosen: Mapping[str, Sequence[RunRecord]], root: Path) -> dict[str, Path]:
+    """The route map each variant's first run saved (``info["figures"]``, relative to ``root``,
+    the comparison's folder), where the file is still there."""
+    found = {}
+    for variant, runs in chosen.items():
+        for run in runs:
+            figure = (run.info.get("figures") or {}).get("route map")
+            if figure and (root / figure).is_file():
+                found[variant] = root / figure
+                break
+    return found
+
+
 def write_report(
     source: Union[Comparison, Sequence[RunRecord]],
     path: Union[str, os.PathLike],
@@ -246,7 +259,9 @@ def write_report(
         source: run records (``RunStore(out).read()``; every seed, rate and rung) or a
             `Comparison` (one seed, converted by `records_from_comparison`).
         path: the file to write, or a folder to write ``report.html`` in.
-        route_maps: variant label -> route-map PNG (bytes or a path), e.g. written by
+        route_maps: variant label -> route-map PNG (bytes or a path); default: those the runs
+            saved (``figures/`` beside the report, from the ``plugformer_model_figures`` hook),
+            e.g. written by
             `plugformer.plugins.bra.plot_routes`; each is shown under its run card.
         target: adds steps / seconds / FLOPs to reach this value of the primary metric.
         title: the page title. Default: ``plugformer comparison: <task>``.
@@ -262,6 +277,11 @@ def write_report(
     if not records:
         raise ValueError("no runs to report: the comparison finished no run")
     chosen, how = choose_runs(records)
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.html"
+    if route_maps is None:
+        route_maps = _saved_figures(chosen, path.parent)
     unknown = sorted(set(route_maps or {}) - set(chosen))
     if unknown:
         raise ValueError(f"route maps given for {unknown}, which are not variants of these runs "
@@ -287,9 +307,6 @@ def write_report(
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(sections) +
             f"\n<script>{_SORT}</script>\n</body></html>\n")
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.html"
     path.write_text(page, encoding="utf-8")
     _log.info("report written to %s", path)
     return path

@@ -188,7 +188,8 @@ def compare(
     primary = f"{the_task.primary_metric}@{the_task.length}"
     settings = RunSettings(batch=batch, device=str(device), schedule=schedule,
                            weight_decay=weight_decay, clip=clip, precision=precision,
-                           compile=compile, grad_accum=grad_accum, curve_points=curve_points)
+                           compile=compile, grad_accum=grad_accum, curve_points=curve_points,
+                           figures=None if out is None else str(out))
     described = {
         "steps": steps, "batch": batch, "lr": rates[0] if len(rates) == 1 else rates,
         "seed": seed, "seeds": seeds, "budget": budget, "target": target, "device": str(device),

@@ -11,6 +11,7 @@ gives the same numbers in every process (what ``--resume`` relies on).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import attrs
@@ -47,6 +48,7 @@ class RunSettings:
     compile: bool = False
     grad_accum: int = 1
     curve_points: int = 10
+    figures: Optional[str] = None
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -84,6 +86,23 @@ def model_diagnostics(model: nn.Module, batch: Batch, registry: Optional[Registr
         for answer in (registry or default_registry()).hook.plugformer_model_diagnostics(
                 model=model, run=batch.logits):
             found.update(answer or {})
+    model.train(was_training)
+    return found
+
+
+def model_figures(model: nn.Module, batch: Batch, root: Path, key: str,
+                  registry: Optional[Registry] = None) -> dict[str, str]:
+    """The plugins' ``plugformer_model_figures`` of ``model`` on ``batch``, written under
+    ``root/figures/<run key>/``: title -> path relative to ``root`` (where the report lives)."""
+    directory = root / "figures" / key
+    directory.mkdir(parents=True, exist_ok=True)
+    found: dict[str, str] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for answer in (registry or default_registry()).hook.plugformer_model_figures(
+                model=model, run=batch.logits, directory=directory):
+            found.update({title: Path(path).relative_to(root).as_posix() for title, path in (answer or {}).items()})
     model.train(was_training)
     return found
 
@@ -164,6 +183,9 @@ def execute(plan: RunPlan, *, written: str, label: str, task: Task, primary: str
                             settings.precision)
         record.metrics.update({f"val_{name}@{length}": value for name, value in validation.items()})
         diagnostics = model_diagnostics(model, held_out[0].to(device), registry)
+        if settings.figures is not None:
+            record.info["figures"] = model_figures(model, held_out[0].to(device),
+                                                   Path(settings.figures), plan.key, registry)
         record.metrics.update(diagnostics)
         record.info["diagnostics"] = sorted(diagnostics)
         tail = record.losses[-max(1, len(record.losses) // 20):]

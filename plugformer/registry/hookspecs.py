@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from plugformer.hooks import hookspec
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Callable, Optional
 
     from torch import nn
@@ -54,4 +55,16 @@ def plugformer_model_diagnostics(model: "nn.Module", run: "Callable[[nn.Module],
     (``{"route_recall": 0.93}`` for bi-level routing attention), or None when ``model`` has
     none of them. Keys must be unique across plugins: name them after what they measure in
     the field's terms. ``compare`` reports each as a column, mean and interval over seeds.
+    """
+
+
+@hookspec
+def plugformer_model_figures(model: "nn.Module", run: "Callable[[nn.Module], Any]",
+                             directory: "Path") -> "Optional[dict[str, Path]]":
+    """Figures that show how ``model`` works inside (BRA's route maps), for reports.
+
+    ``run(model)`` runs the model once on a batch of the task being compared (the caller holds
+    ``torch.no_grad()``). Write each figure as a PNG file into ``directory`` (it exists) and
+    return ``{title: path}``, or None when ``model`` has none of this plugin's parts.
+    ``compare`` shows them on the variant's run card in ``report.html``.
     """

@@ -39,3 +39,17 @@ def test_a_third_party_plugin_adds_its_own_column():
         registry.unregister_plugin(name)
     assert all(row.diagnostics["weight_norm"] > 0 for row in result.rows)
     assert "weight norm" in result.table()
+
+
+def test_route_maps_of_bra_variants_reach_the_report(tmp_path):
+    from html.parser import HTMLParser
+
+    compare("gpt_tiny(layers=1, attn={fused, bra(region=4, topk=2)})", task="mqar(pairs=4)",
+            out=tmp_path, **SMALL)
+    runs = [line for line in (tmp_path / "runs.jsonl").read_text().splitlines() if line]
+    assert len(runs) == 2
+    (bra_maps,) = list((tmp_path / "figures").glob("*/routes.png"))  # one: fused has none
+    assert bra_maps.read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "report.html").read_text()
+    HTMLParser().feed(page)
+    assert page.count('alt="route map of') == 1 and "route map of attn=bra" in page

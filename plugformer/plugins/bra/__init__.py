@@ -34,13 +34,13 @@ from plugformer.plugins.bra.cli import plugformer_register_commands
 from plugformer.plugins.bra.diagnostics import LayerStats, plugformer_model_diagnostics, route_stats, routing_stats
 from plugformer.plugins.bra.kernel import BACKENDS, BiLevelRoutingAttention
 from plugformer.plugins.bra.local_context import LocalContext
-from plugformer.plugins.bra.routes import plot_routes, record_routes
+from plugformer.plugins.bra.routes import plot_routes, plugformer_model_figures, record_routes
 from plugformer.plugins.bra.routing import ROUTINGS, Geometry, n_regions, resolve_routing, route
 
 __all__ = [
     "BiLevelRoutingAttention", "Geometry", "LayerStats", "LocalContext", "bra", "n_regions",
     "plot_routes", "plugformer_register", "plugformer_register_commands", "record_routes", "route",
-    "plugformer_model_diagnostics", "route_stats", "routing_stats",
+    "plugformer_model_diagnostics", "plugformer_model_figures", "route_stats", "routing_stats",
 ]
 
 

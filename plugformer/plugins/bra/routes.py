@@ -16,11 +16,12 @@ import contextlib
 import inspect
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from plugformer.hooks import hookimpl
 from plugformer.plugins.bra.kernel import BiLevelRoutingAttention
 from plugformer.plugins.bra.routing import n_regions
 
@@ -135,3 +136,15 @@ def _short_name(module_name: str) -> str:
     """'stack.decoder.layers.0.cross_attn.kernel' -> 'decoder.0.cross_attn'."""
     name = module_name.removeprefix("stack.").removesuffix(".kernel").replace("layers.", "")
     return name or "bra"
+
+
+@hookimpl
+def plugformer_model_figures(model: nn.Module, run: Callable[[nn.Module], Any],
+                             directory: Path) -> Optional[dict[str, Path]]:
+    """The route map of every ``bra`` layer of ``model`` on the caller's batch, for reports;
+    None for a model without ``bra``."""
+    if not any(isinstance(m, BiLevelRoutingAttention) for m in model.modules()):
+        return None
+    with record_routes(model) as routes:
+        run(model)
+    return {"route map": plot_routes(routes, Path(directory) / "routes.png")}
