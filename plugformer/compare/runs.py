@@ -104,6 +104,9 @@ def model_figures(model: nn.Module, batch: Batch, root: Path, key: str,
                 model=model, run=batch.logits, directory=directory):
             found.update({title: Path(path).relative_to(root).as_posix() for title, path in (answer or {}).items()})
     model.train(was_training)
+    for empty in (directory, directory.parent):  # no plugin drew anything: leave no folder
+        if not any(empty.iterdir()):
+            empty.rmdir()
     return found
 
 
