@@ -4,7 +4,6 @@ SIGKILL gives the uninterrupted result, Ctrl-C shows what finished, report.html 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from plugformer.compare import cli as compare_cli
 from plugformer.compare import compare
 from plugformer.compare.runner import Interrupted
 from plugformer.compare.store import RunStore
+from tests.compare.final_results import final
 
 pytest.importorskip("matplotlib")
 
@@ -28,7 +28,6 @@ TASK = "copy(length=6, vocab=8, eval_size=32)"
 ARGV = [SPEC, "--task", TASK, "--steps", "40", "--batch", "8", "--timing-repeats", "1",
         "--seeds", "2", "--lr", "1e-3,1e-2", "--curve-points", "2", "--target", "0.5", "--threads", "1"]
 ROOT = Path(__file__).resolve().parents[2]
-_TIMES = ("seconds", "train_s", "eval_s", "wall_s", "time_fwd_s", "time_fwd_bwd_s", "threads")
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -37,18 +36,6 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _without_times(value):
-    if isinstance(value, dict):
-        return {k: _without_times(v) for k, v in value.items() if k not in _TIMES}
-    if isinstance(value, list):
-        return [_without_times(v) for v in value]
-    return value
-
-
-def _final(directory: Path) -> dict:
-    data = json.loads((directory / "results.json").read_text())
-    data["settings"].pop("interrupted", None)
-    return _without_times(data)
 
 
 @pytest.mark.slow
@@ -72,7 +59,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     after = store.read()
     assert len(after) == 8 and [r.key for r in after[:len(finished)]] == [r.key for r in finished]
     assert len({r.key for r in after}) == 8, "a finished run was run again"
-    assert _final(killed) == _final(whole)
+    assert final(killed) == final(whole)
 
 
 def test_an_out_with_runs_needs_resume(tmp_path):

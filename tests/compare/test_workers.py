@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import shutil
@@ -27,28 +26,16 @@ sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("matplotlib")
 
 from plugformer.compare.db import MAX_ATTEMPTS, STALE_BEATS, RunQueue, engine_url, sqlite_url  # noqa: E402,E501
+from tests.compare.final_results import final
 
 SPEC = "transformer_tiny(d_model=32, heads=2, layers=1, ffn=relu(d_ff=64), attn={dense, fused})"
 TASK = "copy(length=6, vocab=8, eval_size=32)"
 ARGV = [SPEC, "--task", TASK, "--steps", "24", "--batch", "8", "--timing-repeats", "1",
         "--seeds", "2", "--curve-points", "2", "--threads", "1"]
 ROOT = Path(__file__).resolve().parents[2]
-_TIMES = ("seconds", "train_s", "eval_s", "wall_s", "time_fwd_s", "time_fwd_bwd_s", "threads")
 _STARTED = re.compile(r"run ([0-9a-f]{16}) \(.*\) started, attempt (\d+)")
 
 
-def _without_times(value):
-    if isinstance(value, dict):
-        return {k: _without_times(v) for k, v in value.items() if k not in _TIMES}
-    if isinstance(value, list):
-        return [_without_times(v) for v in value]
-    return value
-
-
-def _final(directory: Path) -> dict:
-    data = json.loads((directory / "results.json").read_text())
-    data["settings"].pop("interrupted", None)
-    return _without_times(data)
 
 
 #: Successive halving over 2 variants x 2 rates: rungs of 4 and 2 runs, then 2 runs of the
@@ -63,7 +50,7 @@ def _one_process(tmp_path_factory, *extra: str) -> dict:
     compare_cli.add_compare_arguments(parser)
     status = compare_cli.run_compare_command(parser.parse_args([*ARGV, *extra, "--out", str(out)]))
     assert status == 0
-    return _final(out)
+    return final(out)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +84,7 @@ def _check_once(out: Path, url: str, log: str, one_process: dict, *, redone: set
     assert starts == {row.key: 1 + (row.key in redone) for row in rows}, log
     records = RunStore(out).read()
     assert sorted(r.key for r in records) == sorted(row.key for row in rows)
-    assert _final(out) == one_process
+    assert final(out) == one_process
 
 
 @pytest.mark.slow
