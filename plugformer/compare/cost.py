@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import attrs
 
-from plugformer.compare.stats import higher_is_better as _higher_is_better_default
+from plugformer.compare import stats
 
 __all__ = ["Reached", "cost_to_reach", "training_flops"]
 
@@ -71,7 +71,7 @@ def cost_to_reach(
     """
     if not math.isfinite(target):
         raise ValueError(f"target must be a finite number, got {target!r}")
-    higher = _higher_is_better_default(metric) if higher_is_better is None else higher_is_better
+    higher = stats.higher_is_better(metric) if higher_is_better is None else higher_is_better
     points = []
     for point in curve:
         value = point.get(metric)

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from plugformer.compare.result import Comparison
 
 
-def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     """Exponential moving average, bias-corrected so the curve starts at the first value."""
     out, average = [], 0.0
     for step, value in enumerate(values, start=1):
@@ -36,7 +36,7 @@ def draw(comparison: "Comparison") -> Any:
         losses = [value for value in row.losses if value == value and value > 0]
         if losses:
             label = row.label if row.ok else f"{row.label} (failed)"
-            curves.plot(range(1, len(losses) + 1), _smooth(losses), color=colour, label=label,
+            curves.plot(range(1, len(losses) + 1), smooth(losses), color=colour, label=label,
                         linewidth=1.2)
         scores = row.eval_at(length) if length is not None else None
         if row.ok and scores is not None and row.time_fwd_bwd_s is not None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from plugformer.compare.cost import training_flops
+from plugformer.compare.plotting import smooth
 from plugformer.compare.stats import interval
 from plugformer.compare.store import RunRecord
 
@@ -42,14 +43,6 @@ def _figure(panels: int, width: float = 6.0) -> tuple[Any, list[Any]]:
     return figure, list(axes) if panels > 1 else [axes]
 
 
-def _ema(values: list[float], weight: float = 0.9) -> list[float]:
-    out, average = [], 0.0
-    for step, value in enumerate(values, start=1):
-        average = weight * average + (1 - weight) * value
-        out.append(average / (1 - weight**step))
-    return out
-
-
 def loss_figure(groups: Groups) -> bytes:
     """Training loss (smoothed, log scale) against step: one line per seed, one colour per
     variant."""
@@ -59,7 +52,7 @@ def loss_figure(groups: Groups) -> bytes:
         for n, record in enumerate(records):
             losses = [v for v in record.losses if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
             if losses:
-                ax.plot(range(1, len(losses) + 1), _ema(losses), color=colours[index % len(colours)],
+                ax.plot(range(1, len(losses) + 1), smooth(losses), color=colours[index % len(colours)],
                         linewidth=1.0, alpha=0.8, label=label if n == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("step")
