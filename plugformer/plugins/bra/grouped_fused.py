@@ -18,6 +18,7 @@ pair), not the empty slots of the tiles nor the kernel's recomputation: forward
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +31,24 @@ FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", N
 FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-def fused_grouped_attention(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tensor, *, region: int,
-                            scale: float, budget: int, pairs: int) -> Tensor:
+def fused_grouped_attention(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tensor, widths: Sequence[int], *,
+                            region: int, scale: float, budget: int, pairs: int) -> Tensor:
     """Grouped causal attention by the fused kernel: (B, H, L, D) out in q's dtype.
 
     q: (B, H, L, D); k, v: (B, Hkv, L, D); ``rows``, ``blocks``: a plan's tiles (every query
-    chose its own region, no key padding); ``pairs``: the filled tile slots, for the FLOP count.
+    chose its own region, no key padding), ``widths`` its runs of tile widths; ``pairs``: the filled tile
+    slots, for the FLOP count.
     """
-    return _FusedGroupedAttention.apply(q, k, v, rows, blocks, region, scale, budget, pairs)
+    return _FusedGroupedAttention.apply(q, k, v, rows, blocks, list(widths), region, scale, budget, pairs)
 
 
 class _FusedGroupedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, rows, blocks, region, scale, budget, pairs):
+    def forward(ctx, q, k, v, rows, blocks, widths, region, scale, budget, pairs):
         b, h, length, d = q.shape
-        out, lse = grouped_forward(q, k, v, rows, blocks, region, scale, budget, pairs)  # (B*Lp, H, D)
+        out, lse = grouped_forward(q, k, v, rows, blocks, widths, region, scale, budget, pairs)  # (B*Lp, H, D)
         ctx.save_for_backward(q, k, v, out, lse, rows, blocks)
-        ctx.options = (region, scale, budget, pairs)
+        ctx.options = (widths, region, scale, budget, pairs)
         padded = out.shape[0] // b
         return out.view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
 
@@ -54,7 +56,7 @@ class _FusedGroupedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse, rows, blocks = ctx.saved_tensors
         dq, dk, dv = grouped_backward(grad_out, q, k, v, out, lse, rows, blocks, *ctx.options)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -62,8 +64,8 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("plugformer_bra::grouped_forward", mutates_args=())
-def grouped_forward(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tensor, region: int, scale: float,
-                    budget: int, pairs: int) -> tuple[Tensor, Tensor]:
+def grouped_forward(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tensor, widths: list[int], region: int,
+                    scale: float, budget: int, pairs: int) -> tuple[Tensor, Tensor]:
     """Rows are flat b * Lp + i, regions flat b * n + j; empty tile slots (row B * Lp) read row 0
     and are given no weight. Returns the merged output (B * Lp, H, D) and log-sum-exp (B * Lp, H)
     in the working dtype (float32 for half inputs)."""
@@ -82,7 +84,7 @@ def grouped_forward(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tenso
     top = lse.transpose(1, 2).reshape(b * padded, h)
     total = torch.ones_like(top)  # (B * Lp, H): sum of exp(lse - top) over the blocks
 
-    for start, group_rows, group_blocks in _groups(rows, blocks, h, region, budget):
+    for start, group_rows, group_blocks in _groups(rows, blocks, widths, h, region, budget):
         w = group_blocks.numel()
         real = filled[start: start + group_rows.numel(), None]
         q_tiles = qr.index_select(0, group_rows).view(w, -1, h, d).transpose(1, 2)  # (w, H, C, D)
@@ -103,7 +105,7 @@ def grouped_forward(q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Tenso
 
 
 @grouped_forward.register_fake
-def _(q, k, v, rows, blocks, region, scale, budget, pairs):
+def _(q, k, v, rows, blocks, widths, region, scale, budget, pairs):
     b, h, length, d = q.shape
     padded = math.ceil(length / region) * region
     dtype = _work_dtype(q)
@@ -112,7 +114,7 @@ def _(q, k, v, rows, blocks, region, scale, budget, pairs):
 
 @torch.library.custom_op("plugformer_bra::grouped_backward", mutates_args=())
 def grouped_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, rows: Tensor,
-                     blocks: Tensor, region: int, scale: float, budget: int,
+                     blocks: Tensor, widths: list[int], region: int, scale: float, budget: int,
                      pairs: int) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`grouped_forward` for q, k and v, in their shapes and dtypes."""
     dtype = _work_dtype(q)
@@ -136,7 +138,7 @@ def grouped_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
     dq = dq.transpose(1, 2).reshape(b * padded, h, d)
     dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, Hkv, R, D)
 
-    for start, group_rows, group_blocks in _groups(rows, blocks, h, region, budget):
+    for start, group_rows, group_blocks in _groups(rows, blocks, widths, h, region, budget):
         w = group_blocks.numel()
         real = filled[start: start + group_rows.numel()].view(w, 1, -1, 1)  # (w, 1, C, 1)
 
@@ -161,7 +163,7 @@ def grouped_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
 
 
 @grouped_backward.register_fake
-def _(grad_out, q, k, v, out, lse, rows, blocks, region, scale, budget, pairs):
+def _(grad_out, q, k, v, out, lse, rows, blocks, widths, region, scale, budget, pairs):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -175,14 +177,14 @@ def grouped_flops(q_shape, region: int, pairs: int) -> int:
 
 
 @register_flop_formula(torch.ops.plugformer_bra.grouped_forward)
-def _forward_flops(q_shape, k_shape, v_shape, rows_shape, blocks_shape, region, scale, budget, pairs, *,
+def _forward_flops(q_shape, k_shape, v_shape, rows_shape, blocks_shape, widths, region, scale, budget, pairs, *,
                    out_shape=None, **kwargs) -> int:
     return grouped_flops(q_shape, region, pairs)
 
 
 @register_flop_formula(torch.ops.plugformer_bra.grouped_backward)
 def _backward_flops(grad_out_shape, q_shape, k_shape, v_shape, out_shape_, lse_shape, rows_shape, blocks_shape,
-                    region, scale, budget, pairs, *, out_shape=None, **kwargs) -> int:
+                    widths, region, scale, budget, pairs, *, out_shape=None, **kwargs) -> int:
     return 2 * grouped_flops(q_shape, region, pairs)
 
 
@@ -200,10 +202,10 @@ def _by_kv_head(x: Tensor, kv_heads: int) -> Tensor:
     return x if h == kv_heads else x.view(w, kv_heads, h // kv_heads, r, d).sum(2)
 
 
-def _groups(rows: Tensor, blocks: Tensor, heads: int, region: int, budget: int):
+def _groups(rows: Tensor, blocks: Tensor, widths: Sequence[int], heads: int, region: int, budget: int):
     """:func:`.grouped_masked.tile_groups` with the offset of each group's first slot."""
     start = 0
-    for group_rows, group_blocks in tile_groups(rows, blocks, heads=heads, region=region, budget=budget):
+    for group_rows, group_blocks in tile_groups(rows, blocks, widths, heads=heads, region=region, budget=budget):
         yield start, group_rows, group_blocks
         start += group_rows.numel()
 

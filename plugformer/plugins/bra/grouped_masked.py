@@ -10,7 +10,7 @@ no (L x L) and no (pairs x R) tensor outlives a tile group. Half and bfloat16 co
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,20 +18,20 @@ from torch import Tensor
 
 
 def masked_grouped_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, blocks: Tensor, own: Optional[Tensor],
+    q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, blocks: Tensor, widths: Sequence[int], own: Optional[Tensor],
     key_valid: Optional[Tensor], region: int, scale: float, budget: int,
 ) -> Tensor:
     """Grouped causal attention with plain matmuls; arguments as in :mod:`.grouped`.
 
     Args:
         q: (B, H, L, D); k, v: (B, Hkv, L, D).
-        rows, blocks, own: the fields of a ``GroupedPlan``.
+        rows, blocks, widths, own: the fields of a ``GroupedPlan``.
         key_valid: (B, L) bool, True = real key, or None.
 
     Returns:
         (B, H, L, D) in q's dtype; zeros for a query that sees no key.
     """
-    return _GroupedAttention.apply(q, k, v, key_valid, rows, blocks, own, region, scale, budget)
+    return _GroupedAttention.apply(q, k, v, key_valid, rows, blocks, tuple(widths), own, region, scale, budget)
 
 
 class _Layout(NamedTuple):
@@ -97,21 +97,24 @@ def _diagonal_mask(lay: _Layout, key_valid: Optional[Tensor], own: Optional[Tens
     return mask
 
 
-def tile_groups(rows: Tensor, blocks: Tensor, *, heads: int, region: int, budget: int):
-    """Consecutive runs of tiles whose scores (rows x region x heads) fit ``budget``.
+def tile_groups(rows: Tensor, blocks: Tensor, widths: Sequence[int], *, heads: int, region: int, budget: int):
+    """Consecutive runs of tiles of one width whose scores (rows x region x heads) fit ``budget``.
 
     Args:
-        rows: (W * C,) long, the query row of each tile slot; blocks: (W,) long, each tile's region.
+        rows: (sum of W_i * C_i,) long, the query row of each tile slot; blocks: (W,) long, each
+            tile's region; widths: flat [W_0, C_0, W_1, C_1, ...], runs of W_i tiles of C_i slots
+            (a :class:`.grouped.GroupedPlan`'s ``widths``).
 
     Yields:
-        (rows (w * C,), blocks (w,)) per run.
+        (rows (w * C_i,), blocks (w,)) per group, in slot order.
     """
-    if blocks.numel() == 0:
-        return
-    width = rows.numel() // blocks.numel()  # C
-    step = max(1, budget // (width * heads * region))
-    for start in range(0, blocks.numel(), step):
-        yield rows[start * width: (start + step) * width], blocks[start: start + step]
+    slot = tile = 0
+    for count, width in zip(widths[::2], widths[1::2]):
+        step = max(1, budget // (width * heads * region))
+        for start in range(0, count, step):
+            end = min(start + step, count)
+            yield rows[slot + start * width: slot + end * width], blocks[tile + start: tile + end]
+        slot, tile = slot + count * width, tile + count
 
 
 def _finite(x: Tensor) -> Tensor:
@@ -120,7 +123,7 @@ def _finite(x: Tensor) -> Tensor:
 
 class _GroupedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_valid, rows_, blocks_, own, region, scale, budget):
+    def forward(ctx, q, k, v, key_valid, rows_, blocks_, widths, own, region, scale, budget):
         dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         b, h, length, d = q.shape
         lay = _Layout(b, h, k.shape[1], length, math.ceil(length / region), region)
@@ -138,7 +141,7 @@ class _GroupedAttention(torch.autograd.Function):
         top = F.pad(top.view(lay.hkv, b * lay.padded, lay.groups), (0, 0, 0, 1), value=-math.inf)
         del scores, p
 
-        for rows, blocks in tile_groups(rows_, blocks_, heads=lay.h, region=region, budget=budget):
+        for rows, blocks in tile_groups(rows_, blocks_, widths, heads=lay.h, region=region, budget=budget):
             w = blocks.numel()
             q_tiles = qs.index_select(1, rows).view(lay.hkv, w, -1, d)  # (Hkv, w, C * G, D)
             scores = q_tiles @ kb.index_select(1, blocks).transpose(-1, -2)  # (Hkv, w, C * G, R)
@@ -161,6 +164,7 @@ class _GroupedAttention(torch.autograd.Function):
         lse[:, -1] = 0.0
         ctx.save_for_backward(qs, kb, vb, out, lse, diagonal, key_real, rows_, blocks_)
         ctx.lay, ctx.scale, ctx.budget, ctx.dtypes = lay, scale, budget, (q.dtype, k.dtype, v.dtype)
+        ctx.widths = widths
         return _unrows(out, lay).to(q.dtype)
 
     @staticmethod
@@ -182,7 +186,7 @@ class _GroupedAttention(torch.autograd.Function):
         dk = ds.transpose(-1, -2) @ q_diag
         del scores, p, ds
 
-        groups = tile_groups(plan_rows, plan_blocks, heads=lay.h, region=region, budget=ctx.budget)
+        groups = tile_groups(plan_rows, plan_blocks, ctx.widths, heads=lay.h, region=region, budget=ctx.budget)
         for rows, blocks in groups:
             w = blocks.numel()
             q_tiles = qs.index_select(1, rows).view(hkv, w, -1, d)  # (Hkv, w, C * G, D)
@@ -201,4 +205,4 @@ class _GroupedAttention(torch.autograd.Function):
         dtype_q, dtype_k, dtype_v = ctx.dtypes
         grad_q = (_unrows(dq, lay) * scale).to(dtype_q)
         grad_k, grad_v = _unblocks(dk, lay).to(dtype_k), _unblocks(dv, lay).to(dtype_v)
-        return grad_q, grad_k, grad_v, None, None, None, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None, None, None

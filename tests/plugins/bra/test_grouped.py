@@ -188,7 +188,19 @@ def test_work_is_topk_tiles_not_the_union():
     pairs = int((chosen[..., 1:] >= 0).sum())
     assert int((plan.rows != plan.null).sum()) == pairs
     n = length // region
-    assert plan.blocks.numel() <= pairs // 8 + 2 * n
+    counts, widths = plan.widths[::2], plan.widths[1::2]
+    assert widths == (8, 2)
+    assert sum(c * w for c, w in zip(counts, widths)) == plan.rows.numel()
+    assert sum(counts) == plan.blocks.numel()
+    assert plan.rows.numel() <= pairs + 2 * n * (widths[1] - 1)  # a region leaves < one narrow tile empty
+    # every filled slot holds a query of a later region than the tile's keys, of the same batch row
+    tile_of_slot = torch.repeat_interleave(plan.blocks, torch.repeat_interleave(torch.tensor(widths),
+                                                                                torch.tensor(counts)))
+    filled = plan.rows != plan.null
+    query, region_of_tile = plan.rows[filled], tile_of_slot[filled]
+    padded = n * region
+    assert torch.equal(query // padded, region_of_tile // n)
+    assert bool(((query % padded) // region > region_of_tile % n).all())
 
 
 def test_errors_name_the_argument():
