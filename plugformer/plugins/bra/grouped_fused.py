@@ -136,7 +136,9 @@ def grouped_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
         diagonal(lse[..., None])[..., 0], 0.0, True, scale=scale,
     )
     dq = dq.transpose(1, 2).reshape(b * padded, h, d)
-    dk, dv = _by_kv_head(dk, hkv), _by_kv_head(dv, hkv)  # (B * n, Hkv, R, D)
+    # head-major (Hkv, B * n, R, D), so that the gradients leave as views, not copies
+    dk = _by_kv_head(dk, hkv).transpose(0, 1).contiguous()  # one at a time: a single copy alive
+    dv = _by_kv_head(dv, hkv).transpose(0, 1).contiguous()
 
     for start, group_rows, group_blocks in _groups(rows, blocks, widths, h, region, budget):
         w = group_blocks.numel()
@@ -151,12 +153,12 @@ def grouped_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
             0.0, False, scale=scale,
         )
         dq.index_add_(0, group_rows, dq_t.transpose(1, 2).reshape(-1, h, d))
-        dk.index_add_(0, group_blocks, _by_kv_head(dk_t, hkv))
-        dv.index_add_(0, group_blocks, _by_kv_head(dv_t, hkv))
+        dk.index_add_(1, group_blocks, _by_kv_head(dk_t, hkv).transpose(0, 1))
+        dv.index_add_(1, group_blocks, _by_kv_head(dv_t, hkv).transpose(0, 1))
 
     grad_q = dq.view(b, padded, h, d)[:, :length].transpose(1, 2).to(q.dtype)
     grad_k, grad_v = (
-        x.reshape(b, n, hkv, region, d).transpose(1, 2).reshape(b, hkv, padded, d)[:, :, :length].to(like.dtype)
+        x.view(hkv, b, padded, d).transpose(0, 1)[:, :, :length].to(like.dtype)
         for x, like in ((dk, k), (dv, v))
     )
     return grad_q, grad_k, grad_v

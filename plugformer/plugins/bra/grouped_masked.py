@@ -98,7 +98,8 @@ def _diagonal_mask(lay: _Layout, key_valid: Optional[Tensor], own: Optional[Tens
 
 
 def tile_groups(rows: Tensor, blocks: Tensor, widths: Sequence[int], *, heads: int, region: int, budget: int):
-    """Consecutive runs of tiles of one width whose scores (rows x region x heads) fit ``budget``.
+    """Consecutive runs of tiles of one width whose scores (rows x region x heads, rows counted as
+    at least ``region``) fit ``budget``.
 
     Args:
         rows: (sum of W_i * C_i,) long, the query row of each tile slot; blocks: (W,) long, each
@@ -110,7 +111,8 @@ def tile_groups(rows: Tensor, blocks: Tensor, widths: Sequence[int], *, heads: i
     """
     slot = tile = 0
     for count, width in zip(widths[::2], widths[1::2]):
-        step = max(1, budget // (width * heads * region))
+        # a tile's gathered keys and values weigh like a region's worth of query rows
+        step = max(1, budget // (max(width, region) * heads * region))
         for start in range(0, count, step):
             end = min(start + step, count)
             yield rows[slot + start * width: slot + end * width], blocks[tile + start: tile + end]
