@@ -14,7 +14,8 @@ of partial results), forward and backward:
   computes), the better of the two giving the ceiling;
 
 next to fused causal / bidirectional attention over the whole sequence (the same kernel on one
-big block), in one run, interleaved. The ratio fused / ceiling bounds what any data layout built on
+big block) and the whole ``bra`` kernel (routing, gathers, merging: what it really costs), in one
+run, interleaved. The ratio fused / ceiling bounds what any data layout built on
 these kernels can reach: if it is below a target, only a better small-block kernel would reach it.
 
     python benchmarks/bra_ceiling.py                     # N = 8192, 2 threads
@@ -30,6 +31,7 @@ import time
 
 import torch
 
+from plugformer.plugins.bra import BiLevelRoutingAttention
 from plugformer.plugins.bra.grouped import grouped_plan
 from plugformer.plugins.bra.routing import route
 
@@ -90,8 +92,14 @@ def cases(n: int, causal: bool):
 
         def bra(attend=flash_pass) -> None:
             attend(*tiles, False)
+    kernel = BiLevelRoutingAttention(heads=HEADS, head_dim=HEAD_DIM, region=REGION, topk=TOPK)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in full)
+
+    def whole() -> None:
+        kernel(q, k, v, causal=causal).backward(torch.ones_like(q))
+
     return {"fused": lambda: flash_pass(*full, causal), "bra blocks": bra,
-            "bra matmuls": lambda: bra(matmul_pass)}
+            "bra matmuls": lambda: bra(matmul_pass), "bra": whole}
 
 
 def main() -> None:
@@ -103,7 +111,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"fwd+bwd ms, {HEADS} heads of {HEAD_DIM}, region {REGION}, topk {TOPK}, {args.threads} threads, "
           f"median of {args.repeats}; load average at start {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':>13} {'N':>6} {'fused':>8} {'bra flash':>10} {'bra matmuls':>12} {'ceiling':>8}")
+    print(f"{'mode':>13} {'N':>6} {'fused':>8} {'bra flash':>10} {'bra matmuls':>12} {'ceiling':>8} "
+          f"{'bra kernel':>11} {'speed-up':>9}")
     for causal in (True, False):
         for n in args.lengths:
             runs = cases(n, causal)
@@ -115,9 +124,10 @@ def main() -> None:
                     start = time.perf_counter()
                     run()
                     times[name].append(time.perf_counter() - start)
-            fused, flash, matmuls = (statistics.median(times[name]) * 1e3 for name in runs)
+            fused, flash, matmuls, whole = (statistics.median(times[name]) * 1e3 for name in runs)
             mode = "causal" if causal else "bidirectional"
-            print(f"{mode:>13} {n:>6} {fused:>8.1f} {flash:>10.1f} {matmuls:>12.1f} {fused / min(flash, matmuls):>7.1f}x")
+            print(f"{mode:>13} {n:>6} {fused:>8.1f} {flash:>10.1f} {matmuls:>12.1f} {fused / min(flash, matmuls):>7.1f}x "
+                  f"{whole:>11.1f} {fused / whole:>8.1f}x")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
