@@ -115,12 +115,8 @@ def region_means(x: Tensor, valid: Optional[Tensor], region: int) -> tuple[Tenso
     pad = n * region - length
     if valid is None:  # no copy of x: whole regions summed in place, the partial last one apart
         whole = length // region
-        sums = _whole_region_sums(x[:, :, : whole * region], region)  # (B, Hx, whole, Dh)
-        if pad:
-            sums = torch.cat([sums, x[:, :, whole * region :].sum(2, keepdim=True)], dim=2)
-        counts = x.new_full((b, n), float(region))
-        counts[:, -1] = length - (n - 1) * region
-        return sums / counts[:, None, :, None], counts
+        whole_sums = whole_region_sums(x[:, :, : whole * region], region)  # (B, Hx, whole, Dh)
+        return means_from_sums(whole_sums, x[:, :, whole * region :], region)
     weight = x.new_ones(b, length) if valid is None else valid.to(x.dtype)
     weight = F.pad(weight, (0, pad)).view(b, n, region)
     blocks = F.pad(x, (0, 0, 0, pad)).view(b, hx, n, region, dh)
@@ -129,7 +125,20 @@ def region_means(x: Tensor, valid: Optional[Tensor], region: int) -> tuple[Tenso
     return sums / counts.clamp_min(1)[:, None, :, None], counts
 
 
-def _whole_region_sums(x: Tensor, region: int) -> Tensor:
+def means_from_sums(whole_sums: Tensor, tail: Tensor, region: int) -> tuple[Tensor, Tensor]:
+    """Region means (B, Hx, n, Dh) and counts (B, n), as :func:`region_means` without ``valid``
+    gives them, from the sums of the whole regions (B, Hx, n_whole, Dh)
+    (:func:`whole_region_sums`) and the tokens after them (B, Hx, P, Dh), P < ``region`` (the
+    partial last region; P = 0 when there is none)."""
+    sums = whole_sums
+    if tail.shape[2]:
+        sums = torch.cat([sums, tail.sum(2, keepdim=True)], dim=2)  # (B, Hx, n, Dh)
+    counts = sums.new_full((sums.shape[0], sums.shape[2]), float(region))
+    counts[:, -1] = tail.shape[2] or region
+    return sums / counts[:, None, :, None], counts
+
+
+def whole_region_sums(x: Tensor, region: int) -> Tensor:
     """(B, Hx, n * R, Dh) -> (B, Hx, n, Dh) sums over each region, without copying x."""
     b, hx, length, dh = x.shape
     if x.transpose(1, 2).is_contiguous():  # stored (B, L, Hx, Dh): sum whole token rows, 2x faster
@@ -169,6 +178,7 @@ def route(
     routing: Routing = "auto",
     key_mask: Optional[Tensor] = None,
     query_mask: Optional[Tensor] = None,
+    key_means: Optional[Tensor] = None,
 ) -> Tensor:
     """The key regions each query (region) attends; see the module docstring for the layout.
 
@@ -183,6 +193,9 @@ def route(
             are left out of the region means.
         query_mask: (B, Lq) bool, True = a real query; padded queries are left out of the
             query-region means (region routing only).
+        key_means: (B, Hkv, ceil(Lk / region), Dh) the region means of ``k`` in the routing
+            precision, as :func:`region_means` gives them, when the caller has them (a decoding
+            step, :mod:`.decoding`); ``k`` is then not read. Needs ``key_mask`` None.
 
     Returns:
         long tensor, region routing (B, ceil(Lq / region), S), token routing (B, Lq, S), with
@@ -193,9 +206,13 @@ def route(
     hkv, lk = k.shape[1], k.shape[2]
     nk = n_regions(lk, region)
     slots = min(topk, nk)
+    if key_means is not None and key_mask is not None:
+        raise ValueError("route: key_means are the means of every key; they need key_mask=None")
     with torch.no_grad():
-        q, k = _routing_precision(q), _routing_precision(k)
-        k_means, k_counts = region_means(k, key_mask, region)  # (B, Hkv, nk, Dh)
+        q = routing_precision(q)
+        k_means = key_means
+        if k_means is None:
+            k_means, k_counts = region_means(routing_precision(k), key_mask, region)  # (B, Hkv, nk, Dh)
         empty = None if key_mask is None else (k_counts == 0)[:, None, :]  # (B, 1, nk)
         if kind == "region":
             q_means, _ = region_means(q, query_mask, region)  # (B, H, nq, Dh)
@@ -211,7 +228,8 @@ def route(
         return torch.cat([own.expand(b, lq)[..., None], others], dim=-1)
 
 
-def _routing_precision(x: Tensor) -> Tensor:
+def routing_precision(x: Tensor) -> Tensor:
+    """``x`` in the precision routing computes in: float32 for half inputs, else as it is."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
