@@ -1,7 +1,7 @@
-"""``cpu.gathered`` (a cached step: each query's chosen regions copied as blocks, the partial last
-region read in place) against ``cpu.masked_dense`` (every score under the routed mask), over
-the layouts it meets: cache buffers whose capacity is or is not a multiple of the region,
-packed projections, grouped heads, masks, biases and half precision."""
+"""``cpu.gathered`` (a cached step: the keys of each query's chosen regions copied row by row)
+against ``cpu.masked_dense`` (every score under the routed mask), over the layouts it meets:
+cache buffers, a buffer that starts inside its storage, the packed projections; grouped heads,
+masks, biases and half precision."""
 
 from __future__ import annotations
 
@@ -10,25 +10,29 @@ import torch
 
 from plugformer.core.cache import KVCache
 from plugformer.plugins.bra import route
-from plugformer.plugins.bra.cpu import gathered, masked_dense, region_blocks
+from plugformer.plugins.bra.cpu import gathered, key_rows, masked_dense
 from plugformer.plugins.bra.routing import Geometry
 
 R, B, H, DH = 8, 2, 4, 8
 
 
 def keys(lk: int, hkv: int, layout: str, *, dtype=torch.float64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """k, v (B, Hkv, Lk, Dh) held as a cache with capacity a multiple of R (``rows``), another
-    capacity (``buffer``), or the projection's (B, Lk, Hkv, Dh) layout (``tokens``)."""
+    """k, v (B, Hkv, Lk, Dh) held as a cache buffer (``cache``), as a buffer that starts inside
+    its storage (``offset``), or in the projection's (B, Lk, Hkv, Dh) layout (``tokens``)."""
     gen = torch.Generator().manual_seed(seed)
     k, v = (torch.randn(B, hkv, lk, DH, generator=gen, dtype=dtype) for _ in range(2))
     if layout == "tokens":
         return k.transpose(1, 2).contiguous().transpose(1, 2), v.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "offset":
+        storage = torch.zeros(2, B, hkv, lk + 3, DH, dtype=dtype)
+        storage[1, :, :, :lk] = k
+        return storage[1, :, :, :lk], v
     cache = KVCache()
-    cache.reserve(4 * R * (lk // (4 * R) + 1) + (0 if layout == "rows" else 3))
+    cache.reserve(lk + 3)
     return cache.append(k, v)
 
 
-@pytest.mark.parametrize("layout", ["rows", "buffer", "tokens"])
+@pytest.mark.parametrize("layout", ["cache", "offset", "tokens"])
 @pytest.mark.parametrize("lk", [40, 45, 5])
 @pytest.mark.parametrize("hkv", [H, 2])
 @pytest.mark.parametrize("lq", [1, 3])
@@ -44,7 +48,7 @@ def test_gathered_equals_every_score_under_the_routed_mask(layout, lk, hkv, lq):
 @pytest.mark.parametrize("heads_in_mask", [1, H])
 def test_gathered_honours_masks_and_score_biases(heads_in_mask):
     lk, lq = 45, 2
-    k, v = keys(lk, 2, "rows")
+    k, v = keys(lk, 2, "cache")
     q = torch.randn(B, H, lq, DH, dtype=torch.float64)
     key_valid = torch.rand(B, lk) > 0.2
     mask = torch.rand(B, heads_in_mask, lq, lk) > 0.3
@@ -63,7 +67,7 @@ def test_gathered_honours_masks_and_score_biases(heads_in_mask):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gathered_computes_half_precision_in_float32(dtype):
-    k, v = keys(45, 2, "rows", dtype=dtype)
+    k, v = keys(45, 2, "cache", dtype=dtype)
     q = torch.randn(B, H, 1, DH).to(dtype)
     routes = route(q, k, region=R, topk=3, causal=True, routing="token")
     geometry = Geometry(lq=1, lk=45, region=R, token=True, causal=True)
@@ -72,12 +76,10 @@ def test_gathered_computes_half_precision_in_float32(dtype):
     torch.testing.assert_close(out, masked_dense(q, k, v, routes, geometry, scale=0.3), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["rows", "buffer", "tokens"])
-def test_region_blocks_copies_whole_regions(layout):
+@pytest.mark.parametrize("layout", ["cache", "offset", "tokens"])
+def test_key_rows_are_the_rows_asked_for_of_every_head(layout):
     k, _ = keys(45, 2, layout)
-    slots = torch.tensor([[[4, 0, -1]], [[5, 2, 1]]])  # region 5 is the partial one: region 0 stands in
-    blocks = region_blocks(k, slots, R)  # (B, Hkv, 1, 3 * R, Dh)
+    index = torch.tensor([[44, 0, 7, 8, 8], [3, 2, 1, 40, 41]])
+    rows = key_rows(k, index)  # (B, Hkv, 5, Dh)
     for b in range(B):
-        for s, region in enumerate(slots[b, 0].tolist()):
-            expected = k[b, :, region * R : (region + 1) * R] if 0 <= region < 5 else k[b, :, :R]
-            assert torch.equal(blocks[b, :, 0, s * R : (s + 1) * R], expected)
+        assert torch.equal(rows[b], k[b, :, index[b]])
