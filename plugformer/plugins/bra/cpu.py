@@ -75,15 +75,14 @@ def gathered(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry
     if key_valid is not None:
         allowed = allowed & key_valid.gather(1, k_idx.flatten(1)).view_as(allowed)
     q_idx = torch.arange(lq, device=q.device)[None, :, None]  # (1, Lq, 1)
-    if g.causal:
+    if g.causal and lq > 1:  # a single query sits at the last key: it sees them all
         allowed = allowed & (k_idx <= q_idx + (g.lk - g.lq))
     allowed = allowed[:, None, :, None, :]  # (B, 1, Lq, 1, S*R)
     if mask is not None:
         picked = mask.expand(b, -1, lq, -1).gather(3, k_idx[:, None].expand(b, mask.shape[1], lq, width))
         allowed = allowed & _by_group(picked, hkv)  # (B, Hkv or 1, Lq, G or 1, S*R)
     dtype = q.dtype
-    keys = _wide(key_rows(k, k_idx)).view(b, hkv, lq, width, dh)
-    values = _wide(key_rows(v, k_idx)).view(b, hkv, lq, width, dh)
+    keys, values = (_wide(x).view(b, hkv, lq, width, dh) for x in key_rows(k_idx, k, v))
     grouped = _wide(q).unflatten(1, (hkv, h // hkv)).transpose(2, 3)  # (B, Hkv, Lq, G, Dh)
     scores = grouped @ keys.transpose(-1, -2) * scale  # (B, Hkv, Lq, G, S*R)
     if score_bias is not None:
@@ -95,25 +94,38 @@ def gathered(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry
     return out.reshape(b, h, lq, dh).to(dtype)
 
 
-def key_rows(x: Tensor, index: Tensor) -> Tensor:
-    """Rows ``index`` (B, *) of each head of x (B, Hkv, L, Dh): (B, Hkv, N, Dh), N = index's
-    elements per batch row.
+def key_rows(index: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """Rows ``index`` (B, *) of each head of each of ``tensors`` (B, Hkv, L, Dh): (B, Hkv, N, Dh)
+    each, N = index's elements per batch row.
 
     Keys held as a cache buffer, (B, Hkv, capacity, Dh) with rows of Dh contiguous, are read as
     one table of B * Hkv * capacity rows by ``index_select``, which copies whole rows (10x faster
     than ``gather``, which indexes every element, for 4 regions of 64 keys of 8 heads of 64 at
-    8,192 cached keys, one thread); other layouts (the packed projections) are gathered."""
+    8,192 cached keys, one thread); tensors of one layout (keys and values) share the row
+    numbers. Other layouts (the packed projections) are gathered."""
+    rows_of: dict[int, Tensor] = {}
+    out = []
+    for x in tensors:
+        b, hkv, _, dh = x.shape
+        if not _is_table(x):
+            out.append(x.gather(2, index.reshape(b, 1, -1, 1).expand(b, hkv, -1, dh)))
+            continue
+        per_head = x.stride(1) // dh
+        if per_head not in rows_of:
+            heads = torch.arange(b * hkv, device=x.device).view(b, hkv, 1) * per_head
+            rows_of[per_head] = (heads + index.reshape(b, 1, -1)).flatten()  # (B*Hkv*N,)
+        table = x.as_strided((b * hkv * per_head, dh), (dh, 1))  # every row of every head
+        out.append(table.index_select(0, rows_of[per_head]).view(b, hkv, -1, dh))
+    return out
+
+
+def _is_table(x: Tensor) -> bool:
+    """Whether x (B, Hkv, L, Dh) lies in its storage as B * Hkv heads of equal room, rows of Dh
+    contiguous (a cache buffer, whole or a view of its first L rows)."""
     b, hkv, _, dh = x.shape
-    index = index.reshape(b, 1, -1)  # (B, 1, N)
-    per_head = x.stride(1) // dh
-    table = (x.stride(3) == 1 and x.stride(2) == dh and x.stride(1) % dh == 0
-             and x.stride(0) == hkv * x.stride(1)
-             and x.untyped_storage().nbytes() >= (x.storage_offset() + b * x.stride(0)) * x.element_size())
-    if not table:
-        return x.gather(2, index[..., None].expand(b, hkv, index.shape[-1], dh))
-    rows = x.as_strided((b * hkv * per_head, dh), (dh, 1))  # every row of every head
-    heads = torch.arange(b * hkv, device=x.device).view(b, hkv, 1) * per_head
-    return rows.index_select(0, (heads + index).flatten()).view(b, hkv, -1, dh)
+    return (x.stride(3) == 1 and x.stride(2) == dh and x.stride(1) % dh == 0
+            and x.stride(0) == hkv * x.stride(1)
+            and x.untyped_storage().nbytes() >= (x.storage_offset() + b * x.stride(0)) * x.element_size())
 
 
 def _by_group(x: Tensor, kv_heads: int) -> Tensor:

@@ -80,6 +80,6 @@ def test_gathered_computes_half_precision_in_float32(dtype):
 def test_key_rows_are_the_rows_asked_for_of_every_head(layout):
     k, _ = keys(45, 2, layout)
     index = torch.tensor([[44, 0, 7, 8, 8], [3, 2, 1, 40, 41]])
-    rows = key_rows(k, index)  # (B, Hkv, 5, Dh)
+    rows, again = key_rows(index, k, k.transpose(1, 2).contiguous().transpose(1, 2))  # (B, Hkv, 5, Dh)
     for b in range(B):
-        assert torch.equal(rows[b], k[b, :, index[b]])
+        assert torch.equal(rows[b], k[b, :, index[b]]) and torch.equal(again[b], k[b, :, index[b]])
