@@ -13,6 +13,7 @@ All give the same attention (``tests/plugins/bra/test_kernel.py`` runs every tes
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -70,24 +71,27 @@ def gathered(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry
     hkv = k.shape[1]
     width = routes.shape[-1] * g.region  # S * R keys per query
     k_idx = routes.clamp_min(0)[..., None] * g.region + torch.arange(g.region, device=q.device)  # (B, Lq, S, R)
-    allowed = ((routes >= 0)[..., None] & (k_idx < g.lk)).flatten(2)  # (B, Lq, S*R)
+    blocked = ((routes < 0)[..., None] | (k_idx >= g.lk)).flatten(2)  # (B, Lq, S*R)
     k_idx = k_idx.flatten(2).clamp_max(g.lk - 1)
     if key_valid is not None:
-        allowed = allowed & key_valid.gather(1, k_idx.flatten(1)).view_as(allowed)
-    q_idx = torch.arange(lq, device=q.device)[None, :, None]  # (1, Lq, 1)
+        blocked = blocked | ~key_valid.gather(1, k_idx.flatten(1)).view_as(blocked)
+    q_idx = torch.arange(lq, device=q.device)[None, :, None] if lq > 1 or score_bias else 0  # (1, Lq, 1)
     if g.causal and lq > 1:  # a single query sits at the last key: it sees them all
-        allowed = allowed & (k_idx <= q_idx + (g.lk - g.lq))
-    allowed = allowed[:, None, :, None, :]  # (B, 1, Lq, 1, S*R)
+        blocked = blocked | (k_idx > q_idx + (g.lk - g.lq))
+    blocked = blocked[:, None, :, None, :]  # (B, 1, Lq, 1, S*R)
     if mask is not None:
         picked = mask.expand(b, -1, lq, -1).gather(3, k_idx[:, None].expand(b, mask.shape[1], lq, width))
-        allowed = allowed & _by_group(picked, hkv)  # (B, Hkv or 1, Lq, G or 1, S*R)
+        blocked = blocked | ~_by_group(picked, hkv)  # (B, Hkv or 1, Lq, G or 1, S*R)
     dtype = q.dtype
     keys, values = (_wide(x).view(b, hkv, lq, width, dh) for x in key_rows(k_idx, k, v))
     grouped = _wide(q).unflatten(1, (hkv, h // hkv)).transpose(2, 3)  # (B, Hkv, Lq, G, Dh)
     scores = grouped @ keys.transpose(-1, -2) * scale  # (B, Hkv, Lq, G, S*R)
     if score_bias is not None:
         scores = scores + _by_group(score_bias(q_idx, k_idx).to(scores.dtype).transpose(0, 1), hkv)
-    weights = masked_softmax(scores, allowed)
+    if key_valid is None and mask is None:  # every row keeps a key: its own region's (causal) or a chosen one
+        weights = scores.masked_fill(blocked, -math.inf).softmax(-1)
+    else:
+        weights = masked_softmax(scores, ~blocked)
     if dropout:
         weights = F.dropout(weights, dropout)
     out = (weights @ values).transpose(2, 3)  # (B, Hkv, G, Lq, Dh)
