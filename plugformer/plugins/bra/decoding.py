@@ -65,7 +65,7 @@ def cached_key_means(k: Tensor, state: dict[str, Any], region: int) -> Tensor:
     n = whole + (tail > 0)
     if means is None or means.shape[2] < n:
         room = max(n, 2 * (0 if means is None else means.shape[2]))
-        grown = k.new_empty(*k.shape[:2], room, k.shape[3], dtype=routing_precision(k[:, :, :0]).dtype)
+        grown = k.new_empty(*k.shape[:2], room, k.shape[3], dtype=_routing_dtype(k))
         if done:
             grown[:, :, :done] = means[:, :, :done]
         means = grown
@@ -82,4 +82,9 @@ def cached_key_means(k: Tensor, state: dict[str, Any], region: int) -> Tensor:
 def _continues(means: Tensor, done: int, k: Tensor, whole: int) -> bool:
     """Whether ``means`` can be the kept means of the first ``done`` regions of ``k``."""
     return (means.shape[:2] == k.shape[:2] and means.shape[3] == k.shape[3] and done <= whole
-            and means.device == k.device and means.dtype == routing_precision(k[:, :, :0]).dtype)
+            and means.device == k.device and means.dtype == _routing_dtype(k))
+
+
+def _routing_dtype(k: Tensor) -> torch.dtype:
+    """The dtype of ``routing_precision(k)``, without making it."""
+    return torch.float32 if k.dtype in (torch.float16, torch.bfloat16) else k.dtype

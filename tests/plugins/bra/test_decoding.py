@@ -123,3 +123,12 @@ def test_the_local_context_of_a_step_reads_its_window_only():
     v[:, :, : 30 - 3 - 4] = float("nan")  # before the window of the last 3 queries
     with torch.no_grad():
         torch.testing.assert_close(lce(v, heads=H, lq=3, causal=True, key_valid=valid), full[:, :, -3:])
+
+
+@pytest.mark.parametrize("lk", [1, 7, 8, 9, 16, 40, 41])
+@pytest.mark.parametrize("topk", [1, 3, 9])
+def test_one_query_routes_as_the_last_of_several(lk, topk):
+    q, k, _ = chunk(lk, hkv=2)
+    several = route(q, k, region=R, topk=topk, causal=True, routing="token")  # the general rule
+    one = route(q[:, :, -1:], k, region=R, topk=topk, causal=True, routing="token")
+    assert torch.equal(one, several[:, -1:])
