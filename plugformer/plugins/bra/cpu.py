@@ -70,8 +70,9 @@ def gathered(q: Tensor, k: Tensor, v: Tensor, routes: Tensor, geometry: Geometry
     b, h, lq, dh = q.shape
     hkv = k.shape[1]
     width = routes.shape[-1] * g.region  # S * R keys per query
-    k_idx = routes.clamp_min(0)[..., None] * g.region + torch.arange(g.region, device=q.device)  # (B, Lq, S, R)
-    blocked = ((routes < 0)[..., None] | (k_idx >= g.lk)).flatten(2)  # (B, Lq, S*R)
+    regions = torch.where(routes < 0, g.nk, routes)  # an empty slot: a region past the last key
+    k_idx = regions[..., None] * g.region + torch.arange(g.region, device=q.device)  # (B, Lq, S, R)
+    blocked = (k_idx >= g.lk).flatten(2)  # (B, Lq, S*R)
     k_idx = k_idx.flatten(2).clamp_max(g.lk - 1)
     if key_valid is not None:
         blocked = blocked | ~key_valid.gather(1, k_idx.flatten(1)).view_as(blocked)

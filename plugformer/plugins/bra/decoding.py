@@ -72,9 +72,9 @@ def cached_key_means(k: Tensor, state: dict[str, Any], region: int) -> Tensor:
     if whole > done:  # regions completed since the last call
         sums = whole_region_sums(routing_precision(k[:, :, done * region : whole * region]), region)
         means[:, :, done:whole] = means_from_sums(sums, k[:, :, :0], region)[0]
-    if tail:
+    if tail:  # the partial region's mean, divided as means_from_sums does (IEEE division, exact)
         last = routing_precision(k[:, :, whole * region :])  # (B, Hkv, tail, Dh)
-        means[:, :, whole : whole + 1] = means_from_sums(means[:, :, :0], last, region)[0]
+        torch.div(last.sum(2, keepdim=True), tail, out=means[:, :, whole : whole + 1])
     state[MEANS], state[WHOLE], state[REGION] = means, whole, region
     return means[:, :, :n]
 

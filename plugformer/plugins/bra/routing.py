@@ -224,7 +224,9 @@ def route(
         if lq == 1 and lk >= 1:  # a decoding step: the same, with its one own region known here
             own = (lk - 1) // region
             gate[..., own:] = -math.inf  # the own region and after (gate is a fresh tensor)
-            return torch.cat([gate.new_full((b, 1, 1), own, dtype=torch.long), _top(gate, slots - 1)], dim=-1)
+            enough = own >= slots - 1 and empty is None  # as many candidates as slots: none left empty
+            others = gate.topk(slots - 1, dim=-1).indices if enough else _top(gate, slots - 1)
+            return torch.cat([gate.new_full((b, 1, 1), own, dtype=torch.long), others], dim=-1)
         position = torch.arange(lk - lq, lk, device=q.device)
         own = torch.where(position >= 0, position.div(region, rounding_mode="floor"), -1)  # (Lq,)
         not_before = torch.arange(nk, device=q.device)[None, :] >= own[:, None]  # (Lq, nk)
