@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from plugformer.core import masks
 from plugformer.core.cache import KVCache, LayerCache  # noqa: F401  (LayerCache: re-exported)
 from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
+from plugformer.core.tracing import eager
 
 
 class Positions(NamedTuple):
@@ -177,8 +178,10 @@ PACK_FROM_ROWS = 64
 def _linears(x: Tensor, *linears: nn.Module) -> tuple[Tensor, ...]:
     """Each of ``linears`` applied to ``x``; one matmul over the stacked weights when all are
     plain ``nn.Linear`` without hooks (anything else, say a LoRA wrapper, is called as is) and
-    ``x`` holds at least ``PACK_FROM_ROWS`` tokens."""
-    packable = x.shape[:-1].numel() >= PACK_FROM_ROWS and all(
+    ``x`` holds at least ``PACK_FROM_ROWS`` tokens (always under ``torch.compile`` / export, where
+    testing the length would specialise a dynamic shape)."""
+    many = not eager() or x.shape[:-1].numel() >= PACK_FROM_ROWS  # traced: no guard on the shape
+    packable = many and all(
         type(lin) is nn.Linear and not (lin._forward_hooks or lin._forward_pre_hooks) for lin in linears
     ) and len({lin.bias is None for lin in linears}) == 1
     if not packable:

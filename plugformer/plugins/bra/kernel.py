@@ -143,7 +143,7 @@ class BiLevelRoutingAttention(AttentionKernel):
         the cheap case); with ``causal`` query i sits at position Lk - Lq + i and sees keys up to
         it; ``score_bias(q_idx, k_idx) -> (H, *shape)`` is a positional score bias. A query with no key
         to attend gets zeros. ``kv_cache``: the decoding cache whose contents k and v are
-        (``uses_cache_state``); causal token routing without a mask keeps its region sums there
+        (``uses_cache_state``); causal token routing without a mask keeps its region means there
         (:mod:`.decoding`), so that a step does not re-read every cached key to route. Same output
         with or without it.
         """
