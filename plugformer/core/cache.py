@@ -9,8 +9,8 @@ keys and values (they already accept the packed projections' views). ``reserve``
 final size at once, as Hugging Face's ``StaticCache`` preallocates; ``generate`` reserves the
 prompt plus ``max_new_tokens``.
 
-``KVCache.state`` is a dictionary a kernel may keep per-layer decoding summaries in (the running
-region sums of bi-level routing attention): kernels that declare ``uses_cache_state`` receive the
+``KVCache.state`` is a dictionary a kernel may keep per-layer decoding summaries in (the kept
+region means of bi-level routing attention): kernels that declare ``uses_cache_state`` receive the
 cache (see :class:`plugformer.core.interfaces.AttentionKernel`). The core knows nothing of what
 is in it; ``reorder`` reorders its tensors with the keys.
 """
