@@ -155,3 +155,18 @@ def test_positions_traced_without_attrs() -> None:
     assert isinstance(positions, tuple) and positions.offset == 3
     with pytest.raises(AttributeError):
         positions.offset = 4
+
+
+@pytest.mark.parametrize("attn", ["fused", "bra(region=4, topk=2)"])
+def test_cached_decoding_compiles_and_matches_the_uncached_pass(attn: str) -> None:
+    """The KV cache (a buffer written in place, bra's region means in its state) under
+    torch.compile: graph breaks allowed, the logits of a prefill and steps as one eager pass."""
+    model = _fresh(f"gpt_tiny({SMALL}, attn={attn})")
+    (ids,) = _inputs(model, batch=2, length=14)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    caches = model.new_caches()
+    with torch.no_grad():
+        steps = [compiled(ids[:, :9], caches=caches)]
+        steps += [compiled(ids[:, t : t + 1], caches=caches) for t in range(9, 14)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), atol=1e-5, rtol=1e-5)

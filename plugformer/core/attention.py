@@ -11,13 +11,14 @@ import inspect
 import warnings
 from typing import NamedTuple, Optional
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugformer.core import masks
+from plugformer.core.cache import KVCache, LayerCache  # noqa: F401  (LayerCache: re-exported)
 from plugformer.core.interfaces import AttentionKernel, PositionalEncoding, ScoreBias
+from plugformer.core.tracing import eager
 
 
 class Positions(NamedTuple):
@@ -34,44 +35,6 @@ class Positions(NamedTuple):
 
     encoding: PositionalEncoding
     offset: int = 0
-
-
-@attrs.define
-class KVCache:
-    """Keys and values of one attention layer, kept between decoding steps. k, v: (B, Hkv, L, Dh)."""
-
-    k: Optional[Tensor] = None
-    v: Optional[Tensor] = None
-    static: bool = False
-
-    def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add new keys/values at the end and return all of them."""
-        if self.k is not None:
-            k = torch.cat([self.k, k], dim=-2)
-            v = torch.cat([self.v, v], dim=-2)
-        self.k, self.v = k, v
-        return k, v
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (beam search)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
-
-
-@attrs.define
-class LayerCache:
-    """The caches of one block: its self-attention and (for decoders) its cross-attention."""
-
-    self_attn: KVCache = attrs.Factory(KVCache)
-    cross_attn: KVCache = attrs.Factory(lambda: KVCache(static=True))
-
-    def reorder(self, index: Tensor) -> None:
-        self.self_attn.reorder(index)
-        self.cross_attn.reorder(index)
 
 
 def repeat_kv(x: Tensor, heads: int) -> Tensor:
@@ -150,7 +113,8 @@ class MultiHeadAttention(nn.Module):
             causal: bottom-right causal masking (decoder self-attention).
             positions: positional encoding hooks and the absolute offset of ``x``.
             cache: keys/values of earlier steps; appended to (self-attention) or computed once
-                and reused (cross-attention).
+                and reused (cross-attention). Handed on as ``kv_cache=`` to a kernel that declares
+                ``uses_cache_state``.
 
         Returns:
             (B, Lq, D).
@@ -179,7 +143,10 @@ class MultiHeadAttention(nn.Module):
                 f"attention kernel {type(self.kernel).__name__} takes boolean masks only; a float "
                 "mask with values other than 0 and -inf (an additive bias) needs dense or fused"
             )
-        out = self.kernel(q, k, v, mask=mask, causal=causal, **{keyword: score_bias})  # (B, H, Lq, Dh)
+        extra = {keyword: score_bias}
+        if cache is not None and getattr(self.kernel, "uses_cache_state", False):
+            extra["kv_cache"] = cache  # k, v are its whole contents; see AttentionKernel
+        out = self.kernel(q, k, v, mask=mask, causal=causal, **extra)  # (B, H, Lq, Dh)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, Lq, H*Dh) -> (B, Lq, D)
 
     def _project(self, x: Tensor, memory: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +155,9 @@ class MultiHeadAttention(nn.Module):
         Projections of the same input run as one matmul (q, k, v in self-attention; k, v in
         cross-attention), as ``nn.MultiheadAttention``'s packed ``in_proj`` does: 0-7% faster
         per layer at d_model 512 on 2 CPU cores, most of it in backward. The three outputs are
-        views into one tensor (kernels must not assume they are contiguous).
+        views into one tensor (kernels must not assume they are contiguous). Inputs of fewer
+        than ``PACK_FROM_ROWS`` tokens (a decoding step) take the three matmuls apart: stacking
+        the weights would copy them every call, as much memory traffic as the matmuls.
         """
         if memory is None:
             return _linears(x, self.q_proj, self.k_proj, self.v_proj)
@@ -199,10 +168,20 @@ class MultiHeadAttention(nn.Module):
         return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, L, H*Dh) -> (B, H, L, Dh)
 
 
+#: Inputs with at least this many tokens (B * L) run their projections as one packed matmul
+#: (see ``MultiHeadAttention._project``). Below it, stacking the weights (3 * D * D copied per
+#: call) costs as much as the matmuls themselves: 1.1 ms of a 4.5 ms decoding step of
+#: ``gpt_tiny(d_model=512)`` on one thread.
+PACK_FROM_ROWS = 64
+
+
 def _linears(x: Tensor, *linears: nn.Module) -> tuple[Tensor, ...]:
     """Each of ``linears`` applied to ``x``; one matmul over the stacked weights when all are
-    plain ``nn.Linear`` without hooks (anything else, say a LoRA wrapper, is called as is)."""
-    packable = all(
+    plain ``nn.Linear`` without hooks (anything else, say a LoRA wrapper, is called as is) and
+    ``x`` holds at least ``PACK_FROM_ROWS`` tokens (always under ``torch.compile`` / export, where
+    testing the length would specialise a dynamic shape)."""
+    many = not eager() or x.shape[:-1].numel() >= PACK_FROM_ROWS  # traced: no guard on the shape
+    packable = many and all(
         type(lin) is nn.Linear and not (lin._forward_hooks or lin._forward_pre_hooks) for lin in linears
     ) and len({lin.bias is None for lin in linears}) == 1
     if not packable:

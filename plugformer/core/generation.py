@@ -33,6 +33,10 @@ class Session:
         """Keep batch rows ``index`` (beam search)."""
         raise NotImplementedError
 
+    def reserve(self, new_tokens: int) -> None:
+        """Make room in the caches for ``new_tokens`` more tokens at once (``generate`` knows how
+        many it will ask for), so that decoding never grows them. Default: nothing."""
+
 
 class EncoderDecoderSession(Session):
     """Encode once, then decode one token at a time from ``bos_id``."""
@@ -66,6 +70,10 @@ class EncoderDecoderSession(Session):
         for cache in self.caches or ():
             cache.reorder(index)
 
+    def reserve(self, new_tokens: int) -> None:
+        for cache in self.caches or ():
+            cache.reserve(self.tokens.shape[1] + new_tokens)
+
 
 class LanguageModelSession(Session):
     """Prefill a (left-padded) prompt, then decode one token at a time."""
@@ -78,6 +86,7 @@ class LanguageModelSession(Session):
         self.model = model
         self.tokens = prompt
         self.padding = prompt_padding_mask
+        self.padded = bool(prompt_padding_mask.any())  # new tokens are never padding
         self.left_padding = prompt_padding_mask.sum(1)
         self.caches = model.new_caches() if use_cache else None
         self.fed = 0
@@ -85,7 +94,7 @@ class LanguageModelSession(Session):
     def _logits(self) -> Tensor:
         new = self.tokens[:, self.fed:] if self.caches is not None else self.tokens
         self.fed = self.tokens.shape[1]
-        padding = self.padding if bool(self.padding.any()) else None
+        padding = self.padding if self.padded else None
         return self.model(
             new, key_padding_mask=padding, caches=self.caches, left_padding=self.left_padding
         )[:, -1]
@@ -101,9 +110,14 @@ class LanguageModelSession(Session):
     def reorder(self, index: Tensor) -> None:
         self.tokens = self.tokens.index_select(0, index)
         self.padding = self.padding.index_select(0, index)
+        self.padded = bool(self.padding.any())
         self.left_padding = self.left_padding.index_select(0, index)
         for cache in self.caches or ():
             cache.reorder(index)
+
+    def reserve(self, new_tokens: int) -> None:
+        for cache in self.caches or ():
+            cache.reserve(self.tokens.shape[1] + new_tokens)
 
 
 def _check_left_padded(padding: Tensor) -> None:
@@ -278,6 +292,9 @@ def generate(
     pad_id = 0 if pad_id is None else pad_id
     start = {k: repeat_rows(v, beams) if isinstance(v, Tensor) else v for k, v in start.items()}
     session = model.start_decoding(repeat_rows(inputs, beams), use_cache=use_cache, **start)
+    reserve = getattr(session, "reserve", None)  # a session of another kind may not have it
+    if reserve is not None:
+        reserve(max_new_tokens)
     if beams > 1:
         return beam_search(
             session, batch=inputs.shape[0], beams=beams, max_new_tokens=max_new_tokens,

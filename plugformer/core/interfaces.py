@@ -40,6 +40,16 @@ class AttentionKernel(nn.Module, ABC):
     * ``supports_additive_mask``: also takes a float ``mask`` added to the scores (-inf blocks),
       the other mask form of ``F.scaled_dot_product_attention`` and ``nn.Transformer``; absent
       means no.
+    * ``uses_cache_state``: ``forward`` also takes ``kv_cache`` (a
+      :class:`plugformer.core.cache.KVCache`), which ``MultiHeadAttention`` passes only to kernels
+      that declare it, and only when decoding with a cache; ``forward(q, k, v, ...)`` stays the
+      whole contract for the rest. ``k`` and ``v`` are then the cache's whole contents
+      (``kv_cache.k``, ``kv_cache.v``, the new keys already appended; ``kv_cache.static`` for
+      cross-attention). The kernel may keep summaries of the cached keys in ``kv_cache.state``
+      under names it owns (prefixed by the kernel's name), to update per step instead of
+      re-reading the cache. Tensors there are batch first: beam search reorders them with the
+      keys. The state must be exact, a function of the cache contents only: the output must equal
+      that of the same call without ``kv_cache``. Absent means no.
     """
 
     supports_causal: ClassVar[bool] = True

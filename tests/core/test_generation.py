@@ -129,3 +129,24 @@ def test_greedy_generation_of_a_copy_trained_model_reproduces_its_inputs():
     exact = (out[:, :length] == src).all(1).float().mean().item()
     assert exact >= 0.95, f"greedy copy exact match {exact:.2f}"
     assert torch.all(out[:, length] == eos)
+
+
+@pytest.mark.parametrize("spec, fed", [("gpt_tiny", 5), ("transformer_tiny", 1)])
+@pytest.mark.parametrize("beams", [1, 2])
+def test_generate_reserves_the_caches_once_for_every_new_token(spec, fed, beams, monkeypatch):
+    torch.manual_seed(0)
+    model = plugformer.build(spec, vocab=VOCAB).eval()
+    made = []
+    new_caches = model.new_caches
+
+    def recording():
+        made.extend(new_caches())
+        return made
+
+    monkeypatch.setattr(model, "new_caches", recording)
+    inputs = torch.randint(3, VOCAB, (2, 5))
+    extra = {"bos_id": 1} if model.kind == "encdec" else {}
+    out = model.generate(inputs, 9, beams=beams, **extra)
+    assert out.shape == (2, 9)
+    for cache in made:  # the prompt (or bos) and 8 fed tokens, in room for 9 made at the start
+        assert len(cache.self_attn) == fed + 8 and cache.self_attn.capacity == fed + 9  # doubling: 16 or 20

@@ -19,8 +19,10 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
+from plugformer.core.cache import KVCache
 from plugformer.core.interfaces import AttentionKernel, ScoreBias
 from plugformer.core.tracing import eager
+from plugformer.plugins.bra import decoding
 from plugformer.plugins.bra.cpu import gathered, masked_dense, tiled
 from plugformer.plugins.bra.flex import available as flex_available
 from plugformer.plugins.bra.flex import flex_bra
@@ -92,6 +94,7 @@ class BiLevelRoutingAttention(AttentionKernel):
     supports_bias = True
     supports_cache = True
     supports_mask = True
+    uses_cache_state = True
 
     def __init__(
         self,
@@ -131,14 +134,18 @@ class BiLevelRoutingAttention(AttentionKernel):
         )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
-                causal: bool = False, score_bias: Optional[ScoreBias] = None) -> Tensor:
+                causal: bool = False, score_bias: Optional[ScoreBias] = None,
+                kv_cache: Optional[KVCache] = None) -> Tensor:
         """Attend each query to the tokens of its chosen regions: (B, H, Lq, Dh) out.
 
         q is (B, H, Lq, Dh), k and v (B, Hkv, Lk, Dh) with ``H % Hkv == 0``; ``mask`` is boolean,
         True = may attend, broadcastable to (B, H, Lq, Lk) (key-padding masks (B, 1, 1, Lk) are
         the cheap case); with ``causal`` query i sits at position Lk - Lq + i and sees keys up to
         it; ``score_bias(q_idx, k_idx) -> (H, *shape)`` is a positional score bias. A query with no key
-        to attend gets zeros.
+        to attend gets zeros. ``kv_cache``: the decoding cache whose contents k and v are
+        (``uses_cache_state``); causal token routing without a mask keeps its region means there
+        (:mod:`.decoding`), so that a step does not re-read every cached key to route. Same output
+        with or without it.
         """
         b, h, lq, _ = q.shape
         key_valid, general = split_mask(mask, b, h, lq, k.shape[2])
@@ -149,14 +156,21 @@ class BiLevelRoutingAttention(AttentionKernel):
         if shift is not None:
             out = self._attend_aligned(q, k, v, shift, key_valid, causal=causal, score_bias=score_bias)
         else:
-            out = self._attend(q, k, v, key_valid, general, causal=causal, score_bias=score_bias)
+            out = self._attend(q, k, v, key_valid, general, causal=causal, score_bias=score_bias,
+                               kv_cache=kv_cache)
         return out if context is None else out + context
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], general: Optional[Tensor],
-                *, causal: bool, score_bias: Optional[ScoreBias]) -> Tensor:
+                *, causal: bool, score_bias: Optional[ScoreBias], kv_cache: Optional[KVCache] = None) -> Tensor:
         """Route and attend with regions cut from index 0: (B, H, Lq, Dh)."""
         geometry = self.geometry(q, k, causal=causal)
-        routes = self._route(q, k, geometry, key_valid)
+        key_means = None
+        masked = key_valid is not None or general is not None
+        if not self.cross and decoding.usable(kv_cache, token=geometry.token, causal=causal, masked=masked,
+                                              lq=geometry.lq, lk=geometry.lk):
+            with torch.no_grad():
+                key_means = decoding.cached_key_means(k, kv_cache.state, self.region)  # (B, Hkv, nk, Dh)
+        routes = self._route(q, k, geometry, key_valid, key_means=key_means)
         dropout = self.dropout if self.training else 0.0
         if self._use_flex(q, dropout):
             attend, options = flex_bra, {}
@@ -241,12 +255,13 @@ class BiLevelRoutingAttention(AttentionKernel):
             return routes
         return roll_rows(routes, -shift, 1)[:, front:]  # (B, Lq, S), one row per query
 
-    def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor]) -> Tensor:
+    def _route(self, q: Tensor, k: Tensor, geometry: Geometry, key_valid: Optional[Tensor], *,
+               key_means: Optional[Tensor] = None) -> Tensor:
         self_region = not geometry.token and not self.cross and geometry.lq == geometry.lk
         return route(
             q, k, region=self.region, topk=self.topk, causal=geometry.causal,
             routing="token" if geometry.token else "region", key_mask=key_valid,
-            query_mask=key_valid if self_region else None,
+            query_mask=key_valid if self_region else None, key_means=key_means,
         )  # region: (B, nq, S); token: (B, Lq, S)
 
     def _use_grouped(self, geometry: Geometry, general: Optional[Tensor], score_bias: Optional[ScoreBias],

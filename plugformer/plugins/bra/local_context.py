@@ -55,7 +55,8 @@ class LocalContext(nn.Module):
     def forward(
         self, v: Tensor, *, heads: int, lq: int, causal: bool, key_valid: Optional[Tensor] = None
     ) -> Tensor:
-        """v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh), the conv at the last Lq positions."""
+        """v: (B, Hkv, Lk, Dh) -> (B, H, Lq, Dh), the conv at the last Lq positions; causal, it
+        reads the last Lq + kernel_size - 1 values only (a cached step does not read the cache)."""
         b, _, lk, dh = v.shape
         if heads * dh != self.weight.shape[0]:
             raise ValueError(f"bra lce: built for {self.weight.shape[0]} channels, got {heads} heads of {dh}")
@@ -64,10 +65,14 @@ class LocalContext(nn.Module):
                 f"bra lce: the local context needs queries and keys at the same positions "
                 f"(self-attention), got Lq={lq}, Lk={lk}; use lce=0 for cross-attention"
             )
+        width = self.weight.shape[-1]
+        if causal and lk > lq + width - 1:  # a cached step: only the last Lq + width - 1 values reach it
+            start = lk - lq - width + 1
+            v, lk = v[:, :, start:], lk - start
+            key_valid = None if key_valid is None else key_valid[:, start:]
         if key_valid is not None:
             v = v * key_valid[:, None, :, None].to(v.dtype)
         x = repeat_kv(v, heads).transpose(-1, -2).reshape(b, heads * dh, lk)  # (B, H*Dh, Lk)
-        width = self.weight.shape[-1]
         x = F.pad(x, (width - 1, 0) if causal else (width // 2, width // 2))
         y = F.conv1d(x, self.weight, self.bias, groups=heads * dh)[..., lk - lq :]  # (B, H*Dh, Lq)
         return y.view(b, heads, dh, lq).transpose(-1, -2)
