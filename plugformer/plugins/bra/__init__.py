@@ -8,7 +8,7 @@ The package, in reading order:
 * this module: the factory :func:`bra` (the spec schema, every argument check) and the hooks;
 * :mod:`.kernel`: :class:`BiLevelRoutingAttention`, which routes and picks a path;
 * :mod:`.routing`: which key regions each query attends (:func:`route`), and :class:`Geometry`;
-* :mod:`.decoding`: region sums kept in the KV cache, so that a decoding step routes without
+* :mod:`.decoding`: region means kept in the KV cache, so that a decoding step routes without
   re-reading every cached key;
 * :mod:`.cpu`: the torch paths, every score under the routed mask (short inputs), gathered
   :mod:`.tiles` through the flash-style attention of :mod:`.sparse` (long inputs), or each
