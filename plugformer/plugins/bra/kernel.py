@@ -49,7 +49,7 @@ class BiLevelRoutingAttention(AttentionKernel):
     Equals exact softmax attention when ``topk`` covers every region and ``lce=0``, and dense
     attention under the mask its routing implies for any ``topk``. Regions are cut by token
     position: a row of a key-padding mask that starts with pads routes and attends exactly as
-    its tokens alone (``tests/test_padding.py``, ``tests/plugins/bra/test_left_padding.py``).
+    its tokens alone (``tests/plugins/bra/test_left_padding.py``).
 
     The arguments are checked by the factory :func:`plugformer.plugins.bra.bra`, which builds
     this kernel from a spec; built by hand, it trusts them.
