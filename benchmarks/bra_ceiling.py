@@ -104,9 +104,10 @@ def cases(n: int, causal: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[8192])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[8192],
+                        help="comma-separated sequence lengths (default: 8192)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, median (default: 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"fwd+bwd ms, {HEADS} heads of {HEAD_DIM}, region {REGION}, topk {TOPK}, {args.threads} threads, "
@@ -126,7 +127,8 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
             fused, flash, matmuls, whole = (statistics.median(times[name]) * 1e3 for name in runs)
             mode = "causal" if causal else "bidirectional"
-            print(f"{mode:>13} {n:>6} {fused:>8.1f} {flash:>10.1f} {matmuls:>12.1f} {fused / min(flash, matmuls):>7.1f}x "
+            ceiling = fused / min(flash, matmuls)
+            print(f"{mode:>13} {n:>6} {fused:>8.1f} {flash:>10.1f} {matmuls:>12.1f} {ceiling:>7.1f}x "
                   f"{whole:>11.1f} {fused / whole:>8.1f}x")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 

@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode-only", action="store_true", help="cached decode tokens/s after the prompt")
     args = parser.parse_args()
+    if args.decode_only and args.new < 2:
+        parser.error(f"--decode-only times the --new - 1 steps after the first token: --new must be >= 2, "
+                     f"got {args.new}")
     torch.set_num_threads(args.threads)
     specs = args.spec or [  # big enough that compute, not Python, sets the pace
         "transformer_tiny(d_model=256, heads=4, layers=3, ffn=relu(d_ff=1024))",

@@ -9,7 +9,7 @@ over seeds with each seed's value. Every kernel sees the same tasks, batches and
 move with the machine's load: read them side by side, from one run.
 
     python benchmarks/long_context.py                        # 4 kernels x 2 seeds, 1,024 tokens
-    python benchmarks/long_context.py --kernels "fused,bra(region=64, topk=4)" --seeds 0
+    python benchmarks/long_context.py --kernels "fused; bra(region=64, topk=4)" --seeds 0
 """
 
 from __future__ import annotations
@@ -29,15 +29,19 @@ CURVE = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", default=KERNELS, help="attention specs separated by ';'")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
-    parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--stages", default="16:128,32:256,32:512,32:1024")
-    parser.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget of each run")
-    parser.add_argument("--eval-size", type=int, default=128)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--kernels", default=KERNELS, help=f"attention specs separated by ';' (default: {KERNELS})")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
+    parser.add_argument("--pairs", type=int, default=32, help="key-value pairs of the target (default: 32)")
+    parser.add_argument("--length", type=int, default=1024, help="tokens per target example (default: 1024)")
+    parser.add_argument("--stages", default="16:128,32:256,32:512,32:1024",
+                        help="PAIRS:LENGTH,... after the warm-up, see zoology_mqar.py (default: %(default)s)")
+    parser.add_argument("--warm-steps", type=int, default=800,
+                        help="steps of short 8-pair examples first, see zoology_mqar.py (default: 800)")
+    parser.add_argument("--minutes", type=float, default=8.0,
+                        help="wall-clock budget of each run, evaluation included (default: 8)")
+    parser.add_argument("--eval-size", type=int, default=128, help="held-out examples (default: 128)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: 2)")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep each run's output here")
     return parser.parse_args()
 
@@ -48,6 +52,7 @@ def run(kernel: str, seed: int, args: argparse.Namespace) -> dict:
         sys.executable, str(SCRIPT), "--model", f"gpt_tiny(attn={kernel}, pe=rope)", "--seed", str(seed),
         "--pairs", str(args.pairs), "--length", str(args.length), "--stages", args.stages,
         "--minutes", str(args.minutes), "--eval-size", str(args.eval_size), "--threads", "1",
+        "--warm-steps", str(args.warm_steps),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -67,6 +72,13 @@ def run(kernel: str, seed: int, args: argparse.Namespace) -> dict:
 def main() -> None:
     args = parse_args()
     kernels = [k.strip() for k in args.kernels.split(";") if k.strip()]
+    for kernel in kernels:
+        depth = 0
+        for char in kernel:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                raise SystemExit(f"--kernels: {kernel!r} holds a comma outside parentheses; separate kernels "
+                                 f"with ';', e.g. \"fused; bra(region=64, topk=4)\"")
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"mqar(pairs={args.pairs}, length={args.length}), stages {args.stages}, target 99% answer accuracy, "
           f"{args.minutes:g} min budget per run, {args.jobs} runs at once, one thread each; "

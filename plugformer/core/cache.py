@@ -93,8 +93,12 @@ class KVCache:
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add new keys/values (B, Hkv, Ln, Dh) at the end and return all of them, (B, Hkv, L, Dh)
-        views. Raises ``ValueError`` when B, Hkv or Dh differ from the cached ones, or k and v
-        disagree."""
+        views. New keys of a wider dtype widen the cache (``torch.promote_types``, as
+        ``torch.cat`` would). Raises ``ValueError`` when k or v is not 4-d, when B, Hkv, Dh or the
+        device differ from the cached ones (the message names which), or k and v disagree."""
+        if k.dim() != 4 or v.dim() != 4:
+            raise ValueError(f"KVCache.append: k and v must be 4-d (B, Hkv, Ln, Dh); got {tuple(k.shape)} and "
+                             f"{tuple(v.shape)}")
         if k.shape[:2] + k.shape[3:] != v.shape[:2] + v.shape[3:] or k.shape[2] != v.shape[2]:
             raise ValueError(f"KVCache.append: k {tuple(k.shape)} and v {tuple(v.shape)} must be "
                              "(B, Hkv, Ln, Dh) alike")
@@ -122,7 +126,11 @@ class KVCache:
         return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (beam search), of the keys, values and tensors in ``state``."""
+        """Keep batch rows ``index`` (beam search), of the keys, values and tensors in ``state``.
+        Raises ``IndexError`` for a row the cache does not have."""
+        if self._keys is not None and index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self._keys)):
+            raise IndexError(f"KVCache.reorder: index must hold batch rows in [0, {len(self._keys)}); got values in "
+                             f"[{int(index.min())}, {int(index.max())}]")
         if self._keys is not None:
             self._keys = self._keys.index_select(0, index)
             self._values = self._values.index_select(0, index)
@@ -139,11 +147,15 @@ class KVCache:
 
     @staticmethod
     def _check_like(buffer: Tensor, new: Tensor, name: str) -> None:
-        if buffer.shape[:2] != new.shape[:2] or buffer.shape[3:] != new.shape[3:] or buffer.device != new.device:
-            raise ValueError(
-                f"KVCache.append: {name} {tuple(new.shape)} on {new.device} does not continue the cached "
-                f"(B, Hkv, L, Dh) = {tuple(buffer.shape[:2])} + (L, {buffer.shape[3]}) on {buffer.device}"
-            )
+        if buffer.device != new.device:
+            raise ValueError(f"KVCache.append: {name} is on {new.device}, the cached keys on {buffer.device}")
+        for dim, label in ((0, "batch B"), (1, "key/value heads Hkv"), (3, "head width Dh")):
+            if new.shape[dim] != buffer.shape[dim]:
+                raise ValueError(
+                    f"KVCache.append: {name} has {label} = {new.shape[dim]} (shape {tuple(new.shape)}), the "
+                    f"cache holds {buffer.shape[dim]}; new keys/values must be (B, Hkv, Ln, Dh) = "
+                    f"({buffer.shape[0]}, {buffer.shape[1]}, Ln, {buffer.shape[3]})"
+                )
 
 
 def _used(buffer: Optional[Tensor], length: int) -> Optional[Tensor]:

@@ -96,8 +96,14 @@ def test_a_static_cache_keeps_the_tensors_it_was_given():
 
 def test_appends_that_do_not_continue_the_cache_are_refused():
     cache = KVCache(*chunks(2)[0])
-    with pytest.raises(ValueError, match=r"does not continue the cached \(B, Hkv, L, Dh\) = \(3, 2\)"):
+    with pytest.raises(ValueError, match=rf"has key/value heads Hkv = {HKV + 1} .* the cache holds {HKV}"):
         cache.append(torch.randn(B, HKV + 1, 1, DH), torch.randn(B, HKV + 1, 1, DH))
+    with pytest.raises(ValueError, match=rf"has batch B = {B + 1} .* the cache holds {B}"):
+        cache.append(torch.randn(B + 1, HKV, 1, DH), torch.randn(B + 1, HKV, 1, DH))
+    with pytest.raises(ValueError, match="must be 4-d"):
+        KVCache().append(torch.randn(HKV, 1, DH), torch.randn(HKV, 1, DH))
+    with pytest.raises(IndexError, match=rf"batch rows in \[0, {B}\)"):
+        cache.reorder(torch.tensor([0, B]))
     with pytest.raises(ValueError, match="must be \\(B, Hkv, Ln, Dh\\) alike"):
         cache.append(torch.randn(B, HKV, 1, DH), torch.randn(B, HKV, 2, DH))
     with pytest.raises(ValueError, match="give both k and v"):
