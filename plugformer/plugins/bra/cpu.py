@@ -129,7 +129,7 @@ def _is_table(x: Tensor) -> bool:
     contiguous (a cache buffer, whole or a view of its first L rows)."""
     b, hkv, _, dh = x.shape
     return (x.stride(3) == 1 and x.stride(2) == dh and x.stride(1) % dh == 0
-            and x.stride(0) == hkv * x.stride(1)
+            and x.stride(1) >= x.shape[2] * dh and x.stride(0) == hkv * x.stride(1)
             and x.untyped_storage().nbytes() >= (x.storage_offset() + b * x.stride(0)) * x.element_size())
 
 

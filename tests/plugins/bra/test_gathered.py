@@ -83,3 +83,15 @@ def test_key_rows_are_the_rows_asked_for_of_every_head(layout):
     rows, again = key_rows(index, k, k.transpose(1, 2).contiguous().transpose(1, 2))  # (B, Hkv, 5, Dh)
     for b in range(B):
         assert torch.equal(rows[b], k[b, :, index[b]]) and torch.equal(again[b], k[b, :, index[b]])
+
+
+def test_key_rows_of_broadcast_keys_are_gathered_not_read_as_a_table():
+    """Keys expanded over batch and heads (strides 0) are no cache buffer: gathered, right."""
+    from plugformer.plugins.bra.cpu import key_rows
+
+    base = torch.randn(1, 1, 10, 4)
+    k = base.expand(2, 3, 10, 4)
+    index = torch.tensor([[0, 9, 4], [1, 2, 3]])
+    (rows,) = key_rows(index, k)
+    expected = torch.stack([base[0, 0, index[b]] for b in range(2)])[:, None].expand(2, 3, 3, 4)
+    torch.testing.assert_close(rows, expected)
