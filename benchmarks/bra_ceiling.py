@@ -34,6 +34,7 @@ import torch
 from plugformer.plugins.bra import BiLevelRoutingAttention
 from plugformer.plugins.bra.grouped import grouped_plan
 from plugformer.plugins.bra.routing import route
+from plugformer.plugins.bra.tile_ops import grad_scores, grad_values, scaled_bmm
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -47,20 +48,19 @@ def flash_pass(q, k, v, causal: bool) -> None:
 
 
 def matmul_pass(q, k, v, causal: bool) -> None:
-    """The same forward and backward written as batched matmuls and a softmax (the arithmetic of
-    :mod:`plugformer.plugins.bra.sparse_region`), on (w, H, C, D) blocks."""
+    """The same forward and backward as batched matmuls and a softmax, by the arithmetic
+    :mod:`plugformer.plugins.bra.sparse_region` uses (``tile_ops``), on (w, H, C, D) blocks."""
     q, k, v = (x.flatten(0, 1) for x in (q, k, v))
-    scores = torch.baddbmm(q.new_empty(q.shape[0], q.shape[1], k.shape[1]), q, k.transpose(1, 2), beta=0.0,
-                           alpha=HEAD_DIM**-0.5)
+    scores = scaled_bmm(q, k.transpose(1, 2), HEAD_DIM**-0.5)
     if causal:
         scores.masked_fill_(torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).triu(1), -torch.inf)
     p = torch.softmax(scores, dim=-1)
     out = torch.bmm(p, v)
     grad = torch.ones_like(out)
-    torch.bmm(p.transpose(1, 2), grad)  # dv
-    ds = torch.bmm(grad, v.transpose(1, 2)).sub_((grad * out).sum(-1, keepdim=True)).mul_(p)
-    torch.bmm(ds, k)  # dq
-    torch.bmm(ds.transpose(1, 2), q)  # dk
+    grad_values(p, grad, None, 0.0)  # dv
+    ds = grad_scores(p, grad, v, (grad * out).sum(-1, keepdim=True), None, 0.0)
+    scaled_bmm(ds, k, HEAD_DIM**-0.5)  # dq
+    scaled_bmm(ds.transpose(1, 2), q, HEAD_DIM**-0.5)  # dk
 
 
 def blocks(count: int, rows: int, keys: int, generator: torch.Generator):

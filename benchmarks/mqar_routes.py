@@ -20,17 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import plugformer
 from plugformer.plugins.bra import BiLevelRoutingAttention
 from plugformer.plugins.bra.diagnostics import routing_stats
 from plugformer.tasks.synthetic import MQARTask
-from plugformer.train.step import set_schedule
 
 
 def zoology():
-    """``benchmarks/zoology_mqar.py`` as a module (its curriculum parser and spec helper)."""
+    """``benchmarks/zoology_mqar.py`` as a module (its curriculum, parser and spec helper)."""
     spec = importlib.util.spec_from_file_location("zoology_mqar", Path(__file__).with_name("zoology_mqar.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -56,17 +54,10 @@ def main() -> None:
     warm = zm.parse_stages("8:32,8:64", 64, 64, "--warm")
     stages = zm.parse_stages(args.stages, 64, 64, "--stages")
     model = plugformer.build(zm.model_spec(f"gpt_tiny(attn={args.attn}, pe=rope)", task.vocab_size, args.length))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        model.train()
-        set_schedule(optimizer, step - 1, args.steps, 1e-3, "onecycle")
-        cycle = warm if step <= args.warm_steps else stages
-        batch = cycle[step % len(cycle)].batch(step, 64, kind="lm", seed=args.seed)
-        F.cross_entropy(batch.logits(model).flatten(0, 1), batch.targets.flatten()).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    for _ in zm.train_steps(model, warm, stages, steps=args.steps, warm_steps=args.warm_steps, batch=64, lr=1e-3,
+                            schedule="onecycle", weight_decay=0.1, seed=args.seed):
+        pass
     print(f"trained {args.steps} steps in {time.perf_counter() - start:.0f} s; {task.describe()}")
 
     model.eval()

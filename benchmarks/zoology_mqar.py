@@ -37,9 +37,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 import plugformer
 from plugformer.tasks.synthetic import MQARTask
@@ -97,6 +99,27 @@ def model_spec(base: str, vocab: int, max_len: int) -> str:
     return f"{base}({extra})"
 
 
+def train_steps(model: torch.nn.Module, warm: list[MQARTask], stages: list[MQARTask], *, steps: int,
+                warm_steps: int, batch: int, lr: float, schedule: str, weight_decay: float,
+                seed: int) -> Iterator[tuple[int, Tensor, float]]:
+    """Train ``model`` on the curriculum (the first ``warm_steps`` steps cycle through ``warm``,
+    the rest through ``stages``) with AdamW, loss on the answers only; after each step yield
+    (step, its training loss, its seconds)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for step in range(1, steps + 1):
+        tick = time.perf_counter()
+        model.train()
+        set_schedule(optimizer, step - 1, steps, lr, schedule)
+        cycle = warm if step <= warm_steps else stages
+        examples = cycle[step % len(cycle)].batch(step, batch, kind="lm", seed=seed)
+        loss = F.cross_entropy(examples.logits(model).flatten(0, 1), examples.targets.flatten())  # -100: no loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        yield step, loss.detach(), time.perf_counter() - tick
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -108,7 +131,6 @@ def main() -> None:
     longest = max(t.max_len for t in [task, *warm, *stages])
     spec = model_spec(args.model, task.vocab_size, longest)
     model = plugformer.build(spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     params = sum(p.numel() for p in model.parameters())
     print(f"target {task.describe()}  (vocab {task.vocab_size})")
     print(f"curriculum: {args.warm_steps} steps cycling {args.warm or '-'}, then {args.stages or '-'}")
@@ -120,20 +142,10 @@ def main() -> None:
     start = time.perf_counter()
     train_seconds = 0.0
     accuracy, step = 0.0, 0
-    for step in range(1, args.steps + 1):
-        tick = time.perf_counter()
-        model.train()
-        set_schedule(optimizer, step - 1, args.steps, args.lr, args.schedule)
-        cycle = warm if step <= args.warm_steps else stages
-        batch = cycle[step % len(cycle)].batch(step, args.batch, kind="lm", seed=args.seed)
-        logits = batch.logits(model)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())  # answers only (-100 elsewhere)
-        loss.backward()
-        loss = loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - tick
+    steps = train_steps(model, warm, stages, steps=args.steps, warm_steps=args.warm_steps, batch=args.batch,
+                        lr=args.lr, schedule=args.schedule, weight_decay=args.weight_decay, seed=args.seed)
+    for step, loss, seconds in steps:
+        train_seconds += seconds
         out_of_time = time.perf_counter() - start > 60 * args.minutes
         if step % args.eval_every == 0 or step == args.steps or out_of_time:
             (result,) = evaluate(model, task)

@@ -19,7 +19,15 @@ from torch import Tensor, nn
 
 
 class Session:
-    """Incremental decoding of one batch; subclasses know the model kind."""
+    """Incremental decoding of one batch; subclasses know the model kind.
+
+    Attributes:
+        tokens: (B, L) the tokens fed to the decoder so far.
+        caches: one :class:`plugformer.core.cache.LayerCache` per layer, or None without a cache.
+    """
+
+    tokens: Tensor
+    caches: Optional[list] = None
 
     def start(self) -> Tensor:
         """Logits (B, V) for the first new token."""
@@ -35,7 +43,9 @@ class Session:
 
     def reserve(self, new_tokens: int) -> None:
         """Make room in the caches for ``new_tokens`` more tokens at once (``generate`` knows how
-        many it will ask for), so that decoding never grows them. Default: nothing."""
+        many it will ask for), so that decoding never grows them."""
+        for cache in self.caches or ():
+            cache.reserve(self.tokens.shape[1] + new_tokens)
 
 
 class EncoderDecoderSession(Session):
@@ -69,10 +79,6 @@ class EncoderDecoderSession(Session):
             self.src_key_padding_mask = self.src_key_padding_mask.index_select(0, index)
         for cache in self.caches or ():
             cache.reorder(index)
-
-    def reserve(self, new_tokens: int) -> None:
-        for cache in self.caches or ():
-            cache.reserve(self.tokens.shape[1] + new_tokens)
 
 
 class LanguageModelSession(Session):
@@ -114,10 +120,6 @@ class LanguageModelSession(Session):
         self.left_padding = self.left_padding.index_select(0, index)
         for cache in self.caches or ():
             cache.reorder(index)
-
-    def reserve(self, new_tokens: int) -> None:
-        for cache in self.caches or ():
-            cache.reserve(self.tokens.shape[1] + new_tokens)
 
 
 def _check_left_padded(padding: Tensor) -> None:

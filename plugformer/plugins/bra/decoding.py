@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from plugformer.core.cache import KVCache
-from plugformer.plugins.bra.routing import means_from_sums, routing_precision, whole_region_sums
+from plugformer.plugins.bra.routing import means_from_sums, routing_dtype, routing_precision, whole_region_sums
 
 #: State names in ``KVCache.state``: the region means (B, Hkv, room, Dh), the number of whole
 #: regions among them (the slot after those holds the partial region's mean of the last call),
@@ -65,7 +65,7 @@ def cached_key_means(k: Tensor, state: dict[str, Any], region: int) -> Tensor:
     n = whole + (tail > 0)
     if means is None or means.shape[2] < n:
         room = max(n, 2 * (0 if means is None else means.shape[2]))
-        grown = k.new_empty(*k.shape[:2], room, k.shape[3], dtype=_routing_dtype(k))
+        grown = k.new_empty(*k.shape[:2], room, k.shape[3], dtype=routing_dtype(k.dtype))
         if done:
             grown[:, :, :done] = means[:, :, :done]
         means = grown
@@ -82,9 +82,5 @@ def cached_key_means(k: Tensor, state: dict[str, Any], region: int) -> Tensor:
 def _continues(means: Tensor, done: int, k: Tensor, whole: int) -> bool:
     """Whether ``means`` can be the kept means of the first ``done`` regions of ``k``."""
     return (means.shape[:2] == k.shape[:2] and means.shape[3] == k.shape[3] and done <= whole
-            and means.device == k.device and means.dtype == _routing_dtype(k))
+            and means.device == k.device and means.dtype == routing_dtype(k.dtype))
 
-
-def _routing_dtype(k: Tensor) -> torch.dtype:
-    """The dtype of ``routing_precision(k)``, without making it."""
-    return torch.float32 if k.dtype in (torch.float16, torch.bfloat16) else k.dtype

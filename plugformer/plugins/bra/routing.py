@@ -234,9 +234,14 @@ def route(
         return torch.cat([own.expand(b, lq)[..., None], others], dim=-1)
 
 
+def routing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype routing computes in for inputs of ``dtype``: float32 for half, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def routing_precision(x: Tensor) -> Tensor:
-    """``x`` in the precision routing computes in: float32 for half inputs, else as it is."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    """``x`` in the precision routing computes in (:func:`routing_dtype`)."""
+    return x.to(routing_dtype(x.dtype))
 
 
 def _token_gate(q: Tensor, k_means: Tensor, region: int) -> Tensor:
